@@ -1,0 +1,3 @@
+pub mod breaker;
+pub mod config;
+pub mod schedule;
