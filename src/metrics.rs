@@ -1,0 +1,393 @@
+//! Prometheus metrics: one registry built at start-up, updated by the health loop, encoded on
+//! scrape.
+//!
+//! Every label value known in advance (each failure reason, each breaker state and transition,
+//! each attempt result) is created at start so dashboards and `rate()` see zeros instead of
+//! missing series. Node series follow the topology: a node that leaves the cluster or changes
+//! role has its old series removed.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::breaker::{self, State};
+use crate::probe::{NodeReport, Reason};
+
+/// `Content-Type` of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the Prometheus text format 0.0.4, for clients that do not ask for
+/// OpenMetrics.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
+    pub role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: &'static str,
+}
+
+/// The transitions the breaker can make (a check that ends after the open duration can take
+/// open straight to closed).
+const TRANSITIONS: [(State, State); 5] = [
+    (State::Closed, State::Open),
+    (State::Open, State::HalfOpen),
+    (State::Open, State::Closed),
+    (State::HalfOpen, State::Open),
+    (State::HalfOpen, State::Closed),
+];
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    pub checks: Counter,
+    pub check_failures: Family<ReasonLabel, Counter>,
+    pub attempts: Family<ResultLabel, Counter>,
+    pub attempt_failures: Family<ReasonLabel, Counter>,
+    pub check_duration: Histogram,
+    pub up: Gauge,
+    pub node_up: Family<NodeLabels, Gauge>,
+    pub node_ping: Family<NodeLabels, Gauge<f64, AtomicU64>>,
+    pub breaker_state: Family<StateLabel, Gauge>,
+    pub breaker_transitions: Family<TransitionLabels, Counter>,
+    pub breaker_open_duration: Gauge<f64, AtomicU64>,
+    pub ready: Gauge,
+    pub last_check: Gauge<f64, AtomicU64>,
+    /// The node label sets currently exported, to remove stale ones.
+    nodes: Mutex<HashSet<NodeLabels>>,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            checks: Counter::default(),
+            check_failures: Family::default(),
+            attempts: Family::default(),
+            attempt_failures: Family::default(),
+            check_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            up: Gauge::default(),
+            node_up: Family::default(),
+            node_ping: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            breaker_open_duration: Gauge::default(),
+            ready: Gauge::default(),
+            last_check: Gauge::default(),
+            nodes: Mutex::new(HashSet::new()),
+            registry: Registry::default(),
+        };
+        {
+            let r = registry.sub_registry_with_prefix("redis");
+            r.register(
+                "health_checks",
+                "Health checks run (each may make several attempts)",
+                m.checks.clone(),
+            );
+            r.register(
+                "health_check_failed",
+                "Health checks whose every attempt failed, by the reason of the last attempt",
+                m.check_failures.clone(),
+            );
+            r.register(
+                "health_check_attempts",
+                "Health check attempts, by result",
+                m.attempts.clone(),
+            );
+            r.register(
+                "health_check_attempt_failures",
+                "Failed health check attempts, by reason, including those a retry absorbed",
+                m.attempt_failures.clone(),
+            );
+            r.register_with_unit(
+                "health_check_duration",
+                "Duration of a whole health check, retries included",
+                Unit::Seconds,
+                m.check_duration.clone(),
+            );
+            r.register("up", "1 when the last health check passed", m.up.clone());
+            r.register(
+                "node_up",
+                "1 when the node answered PING in the last health check",
+                m.node_up.clone(),
+            );
+            r.register_with_unit(
+                "node_ping",
+                "PING round trip of the node in the last health check",
+                Unit::Seconds,
+                m.node_ping.clone(),
+            );
+            r.register(
+                "circuit_breaker_state",
+                "1 for the breaker's current state",
+                m.breaker_state.clone(),
+            );
+            r.register(
+                "circuit_breaker_transitions",
+                "Circuit breaker state changes",
+                m.breaker_transitions.clone(),
+            );
+            r.register_with_unit(
+                "circuit_breaker_open_duration",
+                "How long the breaker stays open the next time it opens (before jitter); doubles while trials fail",
+                Unit::Seconds,
+                m.breaker_open_duration.clone(),
+            );
+        }
+        {
+            let r = registry.sub_registry_with_prefix("redis_probe");
+            r.register("ready", "1 when /readyz answers 200", m.ready.clone());
+            r.register_with_unit(
+                "last_check_timestamp",
+                "Unix time the last health check finished",
+                Unit::Seconds,
+                m.last_check.clone(),
+            );
+            let build: Family<VersionLabel, Gauge> = Family::default();
+            build
+                .get_or_create(&VersionLabel {
+                    version: env!("CARGO_PKG_VERSION"),
+                })
+                .set(1);
+            r.register("build_info", "Always 1; the version is a label", build);
+        }
+        for reason in Reason::ALL {
+            let _ = m.check_failures.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            });
+            let _ = m.attempt_failures.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            });
+        }
+        for result in ["success", "failure"] {
+            let _ = m.attempts.get_or_create(&ResultLabel { result });
+        }
+        for (from, to) in TRANSITIONS {
+            let _ = m.breaker_transitions.get_or_create(&TransitionLabels {
+                from: from.as_str(),
+                to: to.as_str(),
+            });
+        }
+        m.set_breaker_state(State::Closed);
+        Metrics { registry, ..m }
+    }
+
+    pub fn set_breaker_state(&self, current: State) {
+        for s in State::ALL {
+            self.breaker_state
+                .get_or_create(&StateLabel { state: s.as_str() })
+                .set(i64::from(s == current));
+        }
+    }
+
+    pub fn record_transition(&self, t: breaker::Transition) {
+        self.breaker_transitions
+            .get_or_create(&TransitionLabels {
+                from: t.from.as_str(),
+                to: t.to.as_str(),
+            })
+            .inc();
+        self.set_breaker_state(t.to);
+    }
+
+    pub fn record_attempt(&self, result: Result<(), Reason>) {
+        match result {
+            Ok(()) => {
+                self.attempts
+                    .get_or_create(&ResultLabel { result: "success" })
+                    .inc();
+            }
+            Err(r) => {
+                self.attempts
+                    .get_or_create(&ResultLabel { result: "failure" })
+                    .inc();
+                self.attempt_failures
+                    .get_or_create(&ReasonLabel { reason: r.as_str() })
+                    .inc();
+            }
+        }
+    }
+
+    /// Records a finished check and the per-node results of its last attempt.
+    pub fn record_check(
+        &self,
+        result: Result<(), Reason>,
+        seconds: f64,
+        nodes: &[NodeReport],
+        unix_now: f64,
+    ) {
+        self.checks.inc();
+        self.check_duration.observe(seconds);
+        self.last_check.set(unix_now);
+        self.up.set(i64::from(result.is_ok()));
+        if let Err(r) = result {
+            self.check_failures
+                .get_or_create(&ReasonLabel { reason: r.as_str() })
+                .inc();
+        }
+        if nodes.is_empty() {
+            // Nothing was reached: every known node is down, keep their series at 0.
+            for labels in self.nodes.lock().expect("metrics lock").iter() {
+                self.node_up.get_or_create(labels).set(0);
+            }
+            return;
+        }
+        let current: HashSet<NodeLabels> = nodes
+            .iter()
+            .map(|n| NodeLabels {
+                node: n.addr.to_string(),
+                role: n.role.as_str(),
+            })
+            .collect();
+        let mut known = self.nodes.lock().expect("metrics lock");
+        for stale in known.difference(&current) {
+            self.node_up.remove(stale);
+            self.node_ping.remove(stale);
+        }
+        for n in nodes {
+            let labels = NodeLabels {
+                node: n.addr.to_string(),
+                role: n.role.as_str(),
+            };
+            match n.result {
+                Ok(rtt) => {
+                    self.node_up.get_or_create(&labels).set(1);
+                    self.node_ping.get_or_create(&labels).set(rtt.as_secs_f64());
+                }
+                Err(_) => {
+                    self.node_up.get_or_create(&labels).set(0);
+                }
+            }
+        }
+        *known = current;
+    }
+
+    /// OpenMetrics text.
+    pub fn encode_openmetrics(&self, out: &mut String) {
+        prometheus_client::encoding::text::encode(out, &self.registry)
+            .expect("writing to a String cannot fail");
+    }
+
+    /// Prometheus text format 0.0.4.
+    pub fn encode_prometheus(&self, out: &mut String) {
+        prometheus_client::encoding::prometheus_text::encode(out, &self.registry)
+            .expect("writing to a String cannot fail");
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::HostPort;
+    use crate::probe::Role;
+
+    fn node(port: u16, role: Role, ok: bool) -> NodeReport {
+        NodeReport {
+            addr: HostPort {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            role,
+            result: if ok {
+                Ok(Duration::from_micros(250))
+            } else {
+                Err(Reason::Timeout)
+            },
+        }
+    }
+
+    #[test]
+    fn known_labels_render_as_zeros() {
+        let m = Metrics::new();
+        let mut s = String::new();
+        m.encode_openmetrics(&mut s);
+        assert!(
+            s.contains("redis_health_check_failed_total{reason=\"connection_reset\"} 0"),
+            "{s}"
+        );
+        assert!(s.contains("redis_circuit_breaker_state{state=\"closed\"} 1"));
+        assert!(
+            s.contains("redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"} 0")
+        );
+        assert!(s.contains("redis_probe_build_info{version=\""));
+        assert!(s.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn nodes_follow_topology() {
+        let m = Metrics::new();
+        m.record_check(
+            Ok(()),
+            0.01,
+            &[node(1, Role::Primary, true), node(2, Role::Replica, false)],
+            0.0,
+        );
+        // Failover: 2 is now primary, 1 replica.
+        m.record_check(
+            Ok(()),
+            0.01,
+            &[node(2, Role::Primary, true), node(1, Role::Replica, true)],
+            0.0,
+        );
+        let mut s = String::new();
+        m.encode_openmetrics(&mut s);
+        assert!(
+            s.contains("redis_node_up{node=\"127.0.0.1:2\",role=\"primary\"} 1"),
+            "{s}"
+        );
+        assert!(
+            s.contains("redis_node_up{node=\"127.0.0.1:1\",role=\"replica\"} 1"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("redis_node_up{node=\"127.0.0.1:1\",role=\"primary\"}"),
+            "{s}"
+        );
+        assert!(
+            s.contains("redis_node_ping_seconds{node=\"127.0.0.1:2\",role=\"primary\"} 0.00025"),
+            "{s}"
+        );
+    }
+}

@@ -1,0 +1,594 @@
+//! The only code that talks to Redis.
+//!
+//! [`RedisProbe`] keeps exactly one multiplexed connection per cluster node (TLS and AUTH
+//! included) and, on each [`RedisProbe::check`]:
+//! 1. asks one node that answers for the topology (`CLUSTER SHARDS`, or `CLUSTER SLOTS` on
+//!    servers without it, pipelined with `CLUSTER INFO`), so failovers and new nodes are
+//!    followed within one check; the configured seed addresses are used only when no known
+//!    node answers;
+//! 2. PINGs every node concurrently, each bounded by the attempt deadline, so one frozen node
+//!    costs one timeout and does not delay the others' results.
+//!
+//! The check passes when every shard that holds slots has a primary that answered. A replica
+//! that fails is reported but does not fail the check.
+//!
+//! Why not redis-rs's cluster connection: it would open a second connection to every primary
+//! for nothing a per-node connection cannot do, and a PING routed through it to a healthy node
+//! was seen to wait the full timeout while another node was unreachable. With per-node
+//! connections, each pod adds exactly one connection per node.
+//!
+//! Connections are dropped on I/O errors and timeouts and re-established on the next attempt.
+//! With `REDIS_PASSWORD_FILE`, an AUTH failure re-reads the file; a changed token drops every
+//! connection so the next attempt authenticates with it.
+
+pub mod reason;
+pub mod topology;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
+    RedisError, Value,
+};
+use tokio::time::{Instant, timeout_at};
+
+use self::reason::DnsError;
+pub use self::reason::Reason;
+pub use self::topology::{Role, Topology};
+use crate::config::{HostPort, PasswordSource, RedisConfig, Secret, TlsConfig, read_password_file};
+
+/// What one node did in one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeReport {
+    pub addr: HostPort,
+    pub role: Role,
+    /// PING round trip, or why it failed.
+    pub result: Result<Duration, Reason>,
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    pub result: Result<(), Reason>,
+    pub nodes: Vec<NodeReport>,
+    /// One line of detail for logs when the check failed: never the password, never a label.
+    pub detail: Option<String>,
+}
+
+impl CheckReport {
+    pub fn failed(reason: Reason, detail: impl Into<String>) -> Self {
+        CheckReport {
+            result: Err(reason),
+            nodes: vec![],
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// Anything that can run one check attempt. The health loop is generic over it so its tests
+/// can script results on paused time.
+pub trait Probe: Send + 'static {
+    /// Runs one attempt; must return by `deadline`.
+    fn check(&mut self, deadline: Instant) -> impl Future<Output = CheckReport> + Send;
+}
+
+/// Connection settings shared by every node.
+struct Settings {
+    cluster_mode: bool,
+    seeds: Vec<HostPort>,
+    username: Option<String>,
+    password: PasswordSource,
+    tls: Option<TlsConfig>,
+    dial_timeout: Duration,
+    read_timeout: Duration,
+}
+
+/// Probes a Redis Cluster (or one standalone server) over one connection per node.
+pub struct RedisProbe {
+    settings: Settings,
+    /// The password in use; re-read from the file after an AUTH failure.
+    password: Option<Secret>,
+    conns: HashMap<HostPort, MultiplexedConnection>,
+    topology: Option<Topology>,
+    /// Set when a server rejected `CLUSTER SHARDS` (Redis 6).
+    use_cluster_slots: bool,
+}
+
+impl RedisProbe {
+    pub fn new(config: &RedisConfig) -> std::io::Result<Self> {
+        let password = match &config.password {
+            PasswordSource::None => None,
+            PasswordSource::Inline(s) => Some(s.clone()),
+            PasswordSource::File(p) => Some(read_password_file(p)?),
+        };
+        Ok(RedisProbe {
+            settings: Settings {
+                cluster_mode: config.cluster_mode,
+                seeds: config.addresses.clone(),
+                username: config.username.clone(),
+                password: config.password.clone(),
+                tls: config.tls.clone(),
+                dial_timeout: config.dial_timeout,
+                read_timeout: config.read_timeout,
+            },
+            password,
+            conns: HashMap::new(),
+            topology: None,
+            use_cluster_slots: false,
+        })
+    }
+
+    /// The last topology seen.
+    pub fn topology(&self) -> Option<&Topology> {
+        self.topology.as_ref()
+    }
+
+    /// Connections currently held (one per node).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn node_client(&self, addr: &HostPort) -> Result<(Client, AsyncConnectionConfig), RedisError> {
+        let s = &self.settings;
+        let conn_addr = match &s.tls {
+            // The TLS name to verify: the configured server name (nodes announced by IP,
+            // certificate naming a host, as on ElastiCache), else the address itself. The
+            // resolver below still connects to the node's own address.
+            Some(tls) => ConnectionAddr::TcpTls {
+                host: tls.server_name.clone().unwrap_or_else(|| addr.host.clone()),
+                port: addr.port,
+                insecure: false,
+                tls_params: None,
+            },
+            None => ConnectionAddr::Tcp(addr.host.clone(), addr.port),
+        };
+        let mut redis =
+            RedisConnectionInfo::default().set_lib_name("redis-probe", env!("CARGO_PKG_VERSION"));
+        if let Some(u) = &s.username {
+            redis = redis.set_username(u);
+        }
+        if let Some(p) = &self.password {
+            redis = redis.set_password(p.expose());
+        }
+        let info = conn_addr.into_connection_info()?.set_redis_settings(redis);
+        let client = match &s.tls {
+            Some(tls) if tls.ca_pem.is_some() || tls.client.is_some() => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: tls
+                        .client
+                        .as_ref()
+                        .map(|(cert, key)| redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }),
+                    root_cert: tls.ca_pem.clone(),
+                },
+            )?,
+            _ => Client::open(info)?,
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(s.dial_timeout))
+            .set_response_timeout(Some(s.read_timeout))
+            .set_dns_resolver(NodeResolver(addr.clone()));
+        Ok((client, config))
+    }
+
+    /// The node's connection, made if needed; bounded by `deadline`.
+    async fn connection(
+        &self,
+        addr: &HostPort,
+        deadline: Instant,
+    ) -> Result<MultiplexedConnection, Failure> {
+        if let Some(c) = self.conns.get(addr) {
+            return Ok(c.clone());
+        }
+        let (client, config) = self.node_client(addr).map_err(Failure::redis)?;
+        match timeout_at(
+            deadline,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(Failure::redis(e)),
+            Err(_) => Err(Failure::timeout()),
+        }
+    }
+
+    async fn ping(
+        &self,
+        addr: HostPort,
+        role: Role,
+        deadline: Instant,
+    ) -> (NodeReport, Option<MultiplexedConnection>, Option<String>) {
+        let started = Instant::now();
+        let outcome = async {
+            let mut conn = self.connection(&addr, deadline).await?;
+            match timeout_at(
+                deadline,
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(conn),
+                Ok(Err(e)) => Err(Failure::redis(e)),
+                Err(_) => Err(Failure::timeout()),
+            }
+        }
+        .await;
+        match outcome {
+            Ok(conn) => (
+                NodeReport {
+                    addr,
+                    role,
+                    result: Ok(started.elapsed()),
+                },
+                Some(conn),
+                None,
+            ),
+            Err(f) => (
+                NodeReport {
+                    addr,
+                    role,
+                    result: Err(f.reason),
+                },
+                None,
+                Some(f.detail),
+            ),
+        }
+    }
+
+    /// Fetches the topology from the first node that answers: known primaries, then other known
+    /// nodes, then the seeds.
+    async fn discover(&mut self, deadline: Instant) -> Result<Topology, Failure> {
+        if !self.settings.cluster_mode {
+            return Ok(Topology::standalone(self.settings.seeds[0].clone()));
+        }
+        let mut candidates: Vec<HostPort> = vec![];
+        if let Some(t) = &self.topology {
+            // Nodes we hold a live connection to first: no handshake needed.
+            let mut known: Vec<&topology::Node> = t.nodes().collect();
+            known.sort_by_key(|n| (!self.conns.contains_key(&n.addr), n.role));
+            candidates.extend(known.into_iter().map(|n| n.addr.clone()));
+        }
+        for s in &self.settings.seeds {
+            if !candidates.contains(s) {
+                candidates.push(s.clone());
+            }
+        }
+        let tls = self.settings.tls.is_some();
+        let mut last = Failure {
+            reason: Reason::Other,
+            detail: "no address to ask for the topology".into(),
+        };
+        for addr in candidates {
+            let mut conn = match self.connection(&addr, deadline).await {
+                Ok(c) => c,
+                Err(f) => {
+                    last = f;
+                    continue;
+                }
+            };
+            let shards_cmd = if self.use_cluster_slots {
+                "SLOTS"
+            } else {
+                "SHARDS"
+            };
+            let reply = timeout_at(
+                deadline,
+                redis::pipe()
+                    .cmd("CLUSTER")
+                    .arg(shards_cmd)
+                    .cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async::<(Value, String)>(&mut conn),
+            )
+            .await;
+            match reply {
+                Ok(Ok((shards, info))) => {
+                    self.conns.insert(addr.clone(), conn);
+                    let parsed = if self.use_cluster_slots {
+                        topology::parse_cluster_slots(&shards)
+                    } else {
+                        topology::parse_cluster_shards(&shards, tls)
+                    };
+                    let t = parsed.map_err(|e| Failure {
+                        reason: Reason::Other,
+                        detail: format!("{addr}: {e}"),
+                    })?;
+                    if topology::cluster_state_ok(&info) == Some(false) {
+                        // Keep the topology so nodes are still PINGed and reported.
+                        self.topology = Some(t);
+                        return Err(Failure {
+                            reason: Reason::ClusterDown,
+                            detail: format!("{addr} reports cluster_state:fail"),
+                        });
+                    }
+                    return Ok(t);
+                }
+                Ok(Err(e)) if !self.use_cluster_slots && is_unknown_subcommand(&e) => {
+                    self.use_cluster_slots = true;
+                    return Box::pin(self.discover(deadline)).await;
+                }
+                Ok(Err(e)) => {
+                    let f = Failure::redis(e);
+                    self.drop_on(&addr, f.reason);
+                    last = f;
+                }
+                Err(_) => {
+                    self.conns.remove(&addr);
+                    last = Failure::timeout();
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn drop_on(&mut self, addr: &HostPort, reason: Reason) {
+        // Server-side answers (LOADING, CLUSTERDOWN) leave the connection usable.
+        if !matches!(reason, Reason::Loading | Reason::ClusterDown) {
+            self.conns.remove(addr);
+        }
+    }
+
+    /// Re-reads the password file; drops every connection when the token changed.
+    fn reload_password(&mut self) {
+        if let PasswordSource::File(path) = &self.settings.password
+            && let Ok(new) = read_password_file(path)
+            && self.password.as_ref() != Some(&new)
+        {
+            tracing::info!(file = %path.display(), "password file changed; reconnecting with the new token");
+            self.password = Some(new);
+            self.conns.clear();
+        }
+    }
+
+    /// Runs one attempt, bounded by `deadline`.
+    pub async fn run_check(&mut self, deadline: Instant) -> CheckReport {
+        let discovered = self.discover(deadline).await;
+        let (topology, topo_failure) = match discovered {
+            Ok(t) => {
+                self.topology = Some(t);
+                (self.topology.clone().unwrap_or_default(), None)
+            }
+            Err(f) => match &self.topology {
+                // Keep PINGing the nodes we knew: per-node results stay useful in an outage.
+                Some(t) => (t.clone(), Some(f)),
+                None => {
+                    if f.reason == Reason::Auth {
+                        self.reload_password();
+                    }
+                    return CheckReport::failed(f.reason, f.detail);
+                }
+            },
+        };
+        // Forget connections to nodes that left the cluster (and to seeds once known).
+        self.conns
+            .retain(|a, _| topology.nodes().any(|n| &n.addr == a));
+
+        let pings = join_all(
+            topology
+                .nodes()
+                .map(|n| self.ping(n.addr.clone(), n.role, deadline)),
+        )
+        .await;
+        let mut nodes = Vec::with_capacity(pings.len());
+        let mut details = vec![];
+        for (report, conn, detail) in pings {
+            match conn {
+                Some(c) => {
+                    self.conns.insert(report.addr.clone(), c);
+                }
+                None => {
+                    let reason = report.result.clone().err().unwrap_or(Reason::Other);
+                    self.drop_on(&report.addr, reason);
+                }
+            }
+            if let Some(d) = detail {
+                details.push(format!("{}: {d}", report.addr));
+            }
+            nodes.push(report);
+        }
+        if nodes.iter().any(|n| n.result == Err(Reason::Auth)) {
+            self.reload_password();
+        }
+
+        let result = verdict(&topology, &nodes, topo_failure.as_ref().map(|f| f.reason));
+        if let Some(f) = topo_failure {
+            details.insert(0, f.detail);
+        }
+        CheckReport {
+            result,
+            nodes,
+            detail: (!details.is_empty()).then(|| details.join("; ")),
+        }
+    }
+}
+
+impl Probe for RedisProbe {
+    fn check(&mut self, deadline: Instant) -> impl Future<Output = CheckReport> + Send {
+        self.run_check(deadline)
+    }
+}
+
+/// Pass when every shard with slots has a primary that answered. When every node failed for
+/// the same reason, that reason explains the failure best (a full outage, a wrong password, a
+/// wrong CA); when only some shards lack a primary, it is `no_primary`.
+fn verdict(
+    topology: &Topology,
+    nodes: &[NodeReport],
+    topo_failure: Option<Reason>,
+) -> Result<(), Reason> {
+    let ok = |addr: &HostPort| nodes.iter().any(|n| &n.addr == addr && n.result.is_ok());
+    let missing = topology
+        .shards
+        .iter()
+        .filter(|s| s.slots > 0 || topology.shards.len() == 1)
+        .filter(|s| !s.primary.as_ref().is_some_and(ok))
+        .count();
+    let failed: Vec<Reason> = nodes.iter().filter_map(|n| n.result.err()).collect();
+    if missing == 0 {
+        return match topo_failure {
+            Some(r @ Reason::ClusterDown) => Err(r),
+            _ => Ok(()),
+        };
+    }
+    match failed.first() {
+        Some(first) if failed.len() == nodes.len() && failed.iter().all(|r| r == first) => {
+            Err(*first)
+        }
+        _ => Err(Reason::NoPrimary),
+    }
+}
+
+fn is_unknown_subcommand(e: &RedisError) -> bool {
+    let s = e.to_string().to_ascii_lowercase();
+    s.contains("unknown subcommand") || s.contains("unknown command")
+}
+
+/// A failure with its label and a log-safe description.
+#[derive(Debug, Clone)]
+struct Failure {
+    reason: Reason,
+    detail: String,
+}
+
+impl Failure {
+    fn redis(e: RedisError) -> Self {
+        Failure {
+            reason: Reason::of(&e),
+            detail: e.to_string(),
+        }
+    }
+
+    fn timeout() -> Self {
+        Failure {
+            reason: Reason::Timeout,
+            detail: "no answer before the attempt deadline".into(),
+        }
+    }
+}
+
+/// Resolves every name to the node's own address. With `REDIS_TLS_SERVER_NAME`, redis-rs is
+/// given the server name as host (so it is the name verified) and this resolver still connects
+/// to the node. Lookup failures are tagged so they classify as [`Reason::Dns`].
+struct NodeResolver(HostPort);
+
+impl redis::io::AsyncDNSResolver for NodeResolver {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        _host: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let host = self.0.host.as_str();
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                let it: Box<dyn Iterator<Item = SocketAddr> + Send> =
+                    Box::new(std::iter::once(SocketAddr::new(ip, port)));
+                return Ok(it);
+            }
+            match tokio::net::lookup_host((host, port)).await {
+                Ok(addrs) => {
+                    let v: Vec<SocketAddr> = addrs.collect();
+                    let it: Box<dyn Iterator<Item = SocketAddr> + Send> = Box::new(v.into_iter());
+                    Ok(it)
+                }
+                Err(e) => Err(RedisError::from(std::io::Error::other(DnsError(e)))),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hp(p: u16) -> HostPort {
+        HostPort {
+            host: "127.0.0.1".into(),
+            port: p,
+        }
+    }
+
+    fn topo() -> Topology {
+        use topology::{Node, Shard};
+        let shard = |p: u16, r: u16| Shard {
+            slots: 100,
+            primary: Some(hp(p)),
+            nodes: vec![
+                Node {
+                    addr: hp(p),
+                    role: Role::Primary,
+                },
+                Node {
+                    addr: hp(r),
+                    role: Role::Replica,
+                },
+            ],
+        };
+        Topology {
+            shards: vec![shard(1, 4), shard(2, 5), shard(3, 6)],
+        }
+    }
+
+    fn reports(results: &[(u16, Result<(), Reason>)]) -> Vec<NodeReport> {
+        results
+            .iter()
+            .map(|(p, r)| NodeReport {
+                addr: hp(*p),
+                role: if *p <= 3 {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                },
+                result: r.map(|_| Duration::from_millis(1)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replica_failure_does_not_fail_the_check() {
+        let n = reports(&[
+            (1, Ok(())),
+            (2, Ok(())),
+            (3, Ok(())),
+            (4, Err(Reason::Timeout)),
+            (5, Ok(())),
+            (6, Ok(())),
+        ]);
+        assert_eq!(verdict(&topo(), &n, None), Ok(()));
+    }
+
+    #[test]
+    fn one_shard_down_is_no_primary() {
+        let n = reports(&[
+            (1, Ok(())),
+            (2, Ok(())),
+            (3, Err(Reason::ConnectionRefused)),
+            (4, Ok(())),
+            (5, Ok(())),
+            (6, Err(Reason::ConnectionRefused)),
+        ]);
+        assert_eq!(verdict(&topo(), &n, None), Err(Reason::NoPrimary));
+    }
+
+    #[test]
+    fn everything_down_for_one_reason_reports_it() {
+        let all: Vec<_> = (1..=6).map(|p| (p, Err(Reason::Auth))).collect();
+        assert_eq!(verdict(&topo(), &reports(&all), None), Err(Reason::Auth));
+    }
+
+    #[test]
+    fn cluster_state_fail_with_all_primaries_up() {
+        let all: Vec<_> = (1..=6).map(|p| (p, Ok(()))).collect();
+        assert_eq!(
+            verdict(&topo(), &reports(&all), Some(Reason::ClusterDown)),
+            Err(Reason::ClusterDown)
+        );
+    }
+}

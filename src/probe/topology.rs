@@ -1,0 +1,449 @@
+//! The cluster's shape: shards, their primary and replicas, and the addresses to reach them.
+//!
+//! Parsed from `CLUSTER SHARDS` (Redis 7+), or `CLUSTER SLOTS` on older servers. Parsers take a
+//! [`redis::Value`] and never panic on odd input: anything unexpected is a [`ParseError`].
+
+use std::fmt;
+
+use redis::Value;
+
+use crate::config::HostPort;
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub addr: HostPort,
+    pub role: Role,
+}
+
+/// One shard: the slots it serves and its nodes, primary first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub slots: u32,
+    /// The primary that serves the slots, if the cluster names one.
+    pub primary: Option<HostPort>,
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Topology {
+    pub shards: Vec<Shard>,
+}
+
+impl Topology {
+    /// A single server outside cluster mode.
+    pub fn standalone(addr: HostPort) -> Self {
+        Topology {
+            shards: vec![Shard {
+                slots: 0,
+                primary: Some(addr.clone()),
+                nodes: vec![Node {
+                    addr,
+                    role: Role::Primary,
+                }],
+            }],
+        }
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.shards.iter().flat_map(|s| s.nodes.iter())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected reply to {command}: {what}")]
+pub struct ParseError {
+    pub command: &'static str,
+    pub what: &'static str,
+}
+
+fn err(command: &'static str, what: &'static str) -> ParseError {
+    ParseError { command, what }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// A RESP2 flat `[k, v, k, v]` array or a RESP3 map, as pairs.
+fn pairs(v: &Value) -> Option<Vec<(String, &Value)>> {
+    match v {
+        Value::Map(m) => m.iter().map(|(k, v)| Some((text(k)?, v))).collect(),
+        Value::Array(a) if a.len() % 2 == 0 => {
+            a.chunks(2).map(|c| Some((text(&c[0])?, &c[1]))).collect()
+        }
+        _ => None,
+    }
+}
+
+fn array(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// Parses `CLUSTER SHARDS`. `tls` picks the `tls-port` over the plain port.
+pub fn parse_cluster_shards(v: &Value, tls: bool) -> Result<Topology, ParseError> {
+    const C: &str = "CLUSTER SHARDS";
+    let mut shards = vec![];
+    for shard in array(v).ok_or(err(C, "not an array"))? {
+        let fields = pairs(shard).ok_or(err(C, "shard is not a map"))?;
+        let mut slots = 0u32;
+        let mut nodes = vec![];
+        let mut primary = None;
+        let mut primary_online = false;
+        for (k, v) in fields {
+            match k.as_str() {
+                "slots" => {
+                    let ranges = array(v).ok_or(err(C, "slots is not an array"))?;
+                    for pair in ranges.chunks(2) {
+                        let [a, b] = pair else {
+                            return Err(err(C, "odd slot range"));
+                        };
+                        let (a, b) = (int(a), int(b));
+                        let (Some(a), Some(b)) = (a, b) else {
+                            return Err(err(C, "slot is not a number"));
+                        };
+                        if !(0..16384).contains(&a) || !(a..16384).contains(&b) {
+                            return Err(err(C, "slot out of range"));
+                        }
+                        slots += (b - a + 1) as u32;
+                    }
+                }
+                "nodes" => {
+                    for node in array(v).ok_or(err(C, "nodes is not an array"))? {
+                        let f = pairs(node).ok_or(err(C, "node is not a map"))?;
+                        let get = |name: &str| f.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+                        let endpoint = get("endpoint")
+                            .and_then(text)
+                            .filter(|e| !e.is_empty() && e != "?");
+                        let host = endpoint
+                            .or_else(|| get("ip").and_then(text))
+                            .ok_or(err(C, "node has no address"))?;
+                        let port = if tls {
+                            get("tls-port").or(get("port"))
+                        } else {
+                            get("port")
+                        };
+                        let port = port
+                            .and_then(int)
+                            .and_then(|p| u16::try_from(p).ok())
+                            .filter(|p| *p != 0)
+                            .ok_or(err(C, "node has no port"))?;
+                        let addr = HostPort { host, port };
+                        let role = match get("role").and_then(text).as_deref() {
+                            Some("master") | Some("primary") => Role::Primary,
+                            _ => Role::Replica,
+                        };
+                        let online = get("health").and_then(text).as_deref() == Some("online");
+                        // After a failover the old primary can still be listed as a failed
+                        // master; the online one serves the slots.
+                        if role == Role::Primary
+                            && (primary.is_none() || (online && !primary_online))
+                        {
+                            primary = Some(addr.clone());
+                            primary_online = online;
+                        }
+                        nodes.push(Node { addr, role });
+                    }
+                }
+                _ => {}
+            }
+        }
+        sort_nodes(&mut nodes, primary.as_ref());
+        shards.push(Shard {
+            slots,
+            primary,
+            nodes,
+        });
+    }
+    Ok(finish(shards))
+}
+
+/// Parses `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replica..., ], ...]`.
+pub fn parse_cluster_slots(v: &Value) -> Result<Topology, ParseError> {
+    const C: &str = "CLUSTER SLOTS";
+    let mut shards: Vec<Shard> = vec![];
+    for range in array(v).ok_or(err(C, "not an array"))? {
+        let r = array(range).ok_or(err(C, "range is not an array"))?;
+        if r.len() < 3 {
+            return Err(err(C, "range too short"));
+        }
+        let (Some(a), Some(b)) = (int(&r[0]), int(&r[1])) else {
+            return Err(err(C, "slot is not a number"));
+        };
+        if !(0..16384).contains(&a) || !(a..16384).contains(&b) {
+            return Err(err(C, "slot out of range"));
+        }
+        let mut nodes = vec![];
+        for (i, n) in r[2..].iter().enumerate() {
+            let n = array(n).ok_or(err(C, "node is not an array"))?;
+            let host = n
+                .first()
+                .and_then(text)
+                .ok_or(err(C, "node has no address"))?;
+            let port = n
+                .get(1)
+                .and_then(int)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .ok_or(err(C, "node has no port"))?;
+            let role = if i == 0 { Role::Primary } else { Role::Replica };
+            nodes.push(Node {
+                addr: HostPort { host, port },
+                role,
+            });
+        }
+        let primary = nodes[0].addr.clone();
+        match shards
+            .iter_mut()
+            .find(|s| s.primary.as_ref() == Some(&primary))
+        {
+            Some(s) => {
+                s.slots += (b - a + 1) as u32;
+                for n in nodes {
+                    if !s.nodes.contains(&n) {
+                        s.nodes.push(n);
+                    }
+                }
+            }
+            None => shards.push(Shard {
+                slots: (b - a + 1) as u32,
+                primary: Some(primary),
+                nodes,
+            }),
+        }
+    }
+    Ok(finish(shards))
+}
+
+fn sort_nodes(nodes: &mut [Node], primary: Option<&HostPort>) {
+    nodes.sort_by(|a, b| {
+        (Some(&a.addr) != primary, a.role, &a.addr).cmp(&(
+            Some(&b.addr) != primary,
+            b.role,
+            &b.addr,
+        ))
+    });
+}
+
+/// Orders shards by primary address so that equal topologies compare equal.
+fn finish(mut shards: Vec<Shard>) -> Topology {
+    shards.sort_by(|a, b| {
+        a.primary.cmp(&b.primary).then_with(|| {
+            a.nodes
+                .first()
+                .map(|n| &n.addr)
+                .cmp(&b.nodes.first().map(|n| &n.addr))
+        })
+    });
+    Topology { shards }
+}
+
+/// Reads `cluster_state` from `CLUSTER INFO`.
+pub fn cluster_state_ok(info: &str) -> Option<bool> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("cluster_state:"))
+        .map(|s| s.trim() == "ok")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn node(ip: &str, port: i64, tls_port: i64, role: &str, health: &str) -> Value {
+        Value::Array(vec![
+            b("id"),
+            b("abc"),
+            b("port"),
+            Value::Int(port),
+            b("tls-port"),
+            Value::Int(tls_port),
+            b("ip"),
+            b(ip),
+            b("endpoint"),
+            b(ip),
+            b("role"),
+            b(role),
+            b("replication-offset"),
+            Value::Int(100),
+            b("health"),
+            b(health),
+        ])
+    }
+
+    fn shard(slots: &[i64], nodes: Vec<Value>) -> Value {
+        Value::Array(vec![
+            b("slots"),
+            Value::Array(slots.iter().map(|s| Value::Int(*s)).collect()),
+            b("nodes"),
+            Value::Array(nodes),
+        ])
+    }
+
+    #[test]
+    fn shards_tls_ports_and_roles() {
+        let v = Value::Array(vec![
+            shard(
+                &[5461, 10922],
+                vec![
+                    node("127.0.0.1", 0, 7002, "master", "online"),
+                    node("127.0.0.1", 0, 7005, "replica", "online"),
+                ],
+            ),
+            shard(
+                &[0, 5460],
+                vec![
+                    node("127.0.0.1", 0, 7004, "replica", "online"),
+                    node("127.0.0.1", 0, 7001, "master", "online"),
+                ],
+            ),
+            shard(
+                &[10923, 16383],
+                vec![node("127.0.0.1", 0, 7003, "master", "online")],
+            ),
+        ]);
+        let t = parse_cluster_shards(&v, true).unwrap();
+        assert_eq!(t.shards.len(), 3);
+        assert_eq!(t.shards.iter().map(|s| s.slots).sum::<u32>(), 16384);
+        assert_eq!(
+            t.shards[0].primary.as_ref().unwrap().to_string(),
+            "127.0.0.1:7001"
+        );
+        assert_eq!(t.shards[0].nodes[0].role, Role::Primary);
+        assert_eq!(t.shards[0].nodes[1].addr.port, 7004);
+        assert_eq!(t.nodes().count(), 5);
+        // Without TLS the plain port (0 here) is not usable.
+        assert!(parse_cluster_shards(&v, false).is_err());
+    }
+
+    #[test]
+    fn failed_old_primary_does_not_hide_the_new_one() {
+        let v = Value::Array(vec![shard(
+            &[0, 16383],
+            vec![
+                node("10.0.0.1", 6379, 0, "master", "failed"),
+                node("10.0.0.2", 6379, 0, "master", "online"),
+            ],
+        )]);
+        let t = parse_cluster_shards(&v, false).unwrap();
+        assert_eq!(t.shards[0].primary.as_ref().unwrap().host, "10.0.0.2");
+    }
+
+    #[test]
+    fn resp3_maps() {
+        let n = Value::Map(vec![
+            (b("ip"), b("10.0.0.9")),
+            (b("port"), Value::Int(6380)),
+            (b("role"), b("master")),
+        ]);
+        let s = Value::Map(vec![
+            (
+                b("slots"),
+                Value::Array(vec![Value::Int(0), Value::Int(99)]),
+            ),
+            (b("nodes"), Value::Array(vec![n])),
+        ]);
+        let t = parse_cluster_shards(&Value::Array(vec![s]), false).unwrap();
+        assert_eq!(t.shards[0].slots, 100);
+        assert_eq!(
+            t.shards[0].primary.as_ref().unwrap().to_string(),
+            "10.0.0.9:6380"
+        );
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        let cases = vec![
+            Value::Nil,
+            Value::Int(3),
+            Value::Array(vec![Value::Nil]),
+            Value::Array(vec![b("slots")]),
+            Value::Array(vec![shard(&[0], vec![])]),
+            Value::Array(vec![shard(&[5, 2], vec![])]),
+            Value::Array(vec![shard(&[0, 99999], vec![])]),
+            Value::Array(vec![shard(
+                &[0, 1],
+                vec![Value::Array(vec![b("ip"), b("x")])],
+            )]),
+            Value::Array(vec![shard(
+                &[0, 1],
+                vec![node("x", 70000, 0, "master", "online")],
+            )]),
+        ];
+        for c in cases {
+            assert!(parse_cluster_shards(&c, false).is_err(), "{c:?}");
+            let _ = parse_cluster_slots(&c);
+        }
+    }
+
+    #[test]
+    fn cluster_slots() {
+        let entry = |a: i64, z: i64, ports: &[i64]| {
+            let mut v = vec![Value::Int(a), Value::Int(z)];
+            for p in ports {
+                v.push(Value::Array(vec![b("127.0.0.1"), Value::Int(*p), b("id")]));
+            }
+            Value::Array(v)
+        };
+        let v = Value::Array(vec![
+            entry(0, 100, &[7001, 7004]),
+            entry(101, 16383, &[7002]),
+            entry(200, 300, &[7001, 7004]),
+        ]);
+        let t = parse_cluster_slots(&v).unwrap();
+        assert_eq!(t.shards.len(), 2);
+        assert_eq!(t.shards[0].slots, 101 + 101);
+        assert_eq!(t.shards[0].nodes.len(), 2);
+    }
+
+    #[test]
+    fn cluster_state() {
+        assert_eq!(
+            cluster_state_ok("cluster_enabled:1\r\ncluster_state:ok\r\n"),
+            Some(true)
+        );
+        assert_eq!(cluster_state_ok("cluster_state:fail\r\n"), Some(false));
+        assert_eq!(cluster_state_ok("garbage"), None);
+    }
+}
