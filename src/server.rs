@@ -1,0 +1,449 @@
+//! The HTTP server for the kubelet and Prometheus (hyper 1, HTTP/1.1).
+//!
+//! * `GET /livez`: 200 `ok` unless the health loop has died or stalled. Never depends on Redis:
+//!   a Redis outage must not restart pods.
+//! * `GET /readyz`: 200 `ok`, or 503 with the failing checks, in kube-apiserver's format.
+//!   `?verbose` lists every check (`[+]redis ok`, `[-]redis failed: <reason>`), `?exclude=redis`
+//!   skips one, and `/readyz/redis`, `/readyz/shutdown` answer for one check.
+//! * `GET /metrics`: OpenMetrics text when the client asks for it (Prometheus does), else the
+//!   Prometheus text format 0.0.4.
+//!
+//! `HEAD` works wherever `GET` does; other methods get 405, unknown paths 404. Handlers read the
+//! snapshot the health loop published and never wait on Redis. Connections are capped, headers
+//! must arrive within a timeout, and request heads are small.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::config::OnFailure;
+use crate::health::Rx;
+use crate::metrics::{self, Metrics};
+
+/// Most connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time a client has to send its request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request target accepted.
+pub const MAX_URI_LEN: usize = 2048;
+/// How long in-flight requests get to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// What handlers read.
+pub struct AppState {
+    health: Rx,
+    metrics: Arc<Metrics>,
+    on_failure: OnFailure,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(health: Rx, metrics: Arc<Metrics>, on_failure: OnFailure) -> Arc<Self> {
+        Arc::new(AppState {
+            health,
+            metrics,
+            on_failure,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Turns `/readyz` to 503 at once; called when SIGTERM arrives.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.metrics.ready.set(0);
+    }
+
+    fn loop_status(&self, now: Instant) -> Result<(), &'static str> {
+        // The sender lives in the health loop task: if that task died, the channel is closed.
+        if self.health.has_changed().is_err() {
+            return Err("health loop exited");
+        }
+        if self.health.borrow().stalled(now) {
+            Err("health loop stalled")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+type Body = Full<Bytes>;
+
+/// Serves until `shutdown` completes, then gives in-flight requests [`SHUTDOWN_GRACE`].
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(16 * 1024)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on accept.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let state = state.clone();
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &req)) }
+            }),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+}
+
+/// Answers one request from published state.
+pub fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+    route(
+        state,
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        req.headers().get(ACCEPT),
+    )
+}
+
+/// Routing without a request body, so benchmarks and tests can call it directly.
+pub fn route(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    accept: Option<&HeaderValue>,
+) -> Response<Body> {
+    if path.len() + query.map_or(0, str::len) > MAX_URI_LEN {
+        return text(StatusCode::URI_TOO_LONG, "request target too long\n");
+    }
+    let known = matches!(path, "/livez" | "/readyz" | "/metrics")
+        || path.starts_with("/readyz/")
+        || path.starts_with("/livez/");
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let q = Query::parse(query);
+    let now = Instant::now();
+    match path {
+        "/metrics" => metrics_rsp(state, accept),
+        "/livez" => checks_rsp("livez", &live_checks(state, now), &q, None),
+        "/readyz" => checks_rsp("readyz", &ready_checks(state, now), &q, None),
+        p => {
+            let (kind, checks) = match p.strip_prefix("/readyz/") {
+                Some(name) => (("readyz", name), ready_checks(state, now)),
+                None => (
+                    ("livez", p.trim_start_matches("/livez/")),
+                    live_checks(state, now),
+                ),
+            };
+            checks_rsp(kind.0, &checks, &q, Some(kind.1))
+        }
+    }
+}
+
+/// One named check and its outcome.
+struct Check {
+    name: &'static str,
+    status: Status,
+}
+
+enum Status {
+    Ok,
+    Failed(&'static str),
+    /// Failing, but configured not to gate readiness (`PROBE_ON_FAILURE=degraded`).
+    Degraded(&'static str),
+}
+
+fn live_checks(state: &AppState, now: Instant) -> Vec<Check> {
+    let status = match state.loop_status(now) {
+        Ok(()) => Status::Ok,
+        Err(why) => Status::Failed(why),
+    };
+    vec![
+        Check {
+            name: "ping",
+            status: Status::Ok,
+        },
+        Check {
+            name: "healthloop",
+            status,
+        },
+    ]
+}
+
+fn ready_checks(state: &AppState, now: Instant) -> Vec<Check> {
+    let redis = match state
+        .loop_status(now)
+        .and_then(|()| state.health.borrow().redis_status(now))
+    {
+        Ok(()) => Status::Ok,
+        Err(why) if state.on_failure == OnFailure::Degraded => Status::Degraded(why),
+        Err(why) => Status::Failed(why),
+    };
+    let shutdown = if state.draining.load(Ordering::SeqCst) {
+        Status::Failed("shutting down")
+    } else {
+        Status::Ok
+    };
+    vec![
+        Check {
+            name: "redis",
+            status: redis,
+        },
+        Check {
+            name: "shutdown",
+            status: shutdown,
+        },
+    ]
+}
+
+/// The parts of the query string the health endpoints understand.
+#[derive(Debug, Default)]
+struct Query<'a> {
+    verbose: bool,
+    exclude: Vec<&'a str>,
+}
+
+impl<'a> Query<'a> {
+    fn parse(q: Option<&'a str>) -> Self {
+        let mut out = Query::default();
+        for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "verbose" => out.verbose = v != "false" && v != "0",
+                "exclude" => out.exclude.extend(v.split(',').filter(|s| !s.is_empty())),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// kube-apiserver's health format.
+fn checks_rsp(kind: &str, checks: &[Check], q: &Query<'_>, only: Option<&str>) -> Response<Body> {
+    if let Some(name) = only {
+        let Some(c) = checks.iter().find(|c| c.name == name) else {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        };
+        return match c.status {
+            Status::Ok => text(StatusCode::OK, "ok\n"),
+            Status::Degraded(why) => text(StatusCode::OK, &format!("degraded: {why}\n")),
+            Status::Failed(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("internal server error: {name} failed: {why}\n"),
+            ),
+        };
+    }
+    let mut body = String::new();
+    let mut failed = false;
+    let mut degraded = false;
+    for c in checks {
+        if q.exclude.contains(&c.name) {
+            body.push_str(&format!("[+]{} excluded: ok\n", c.name));
+            continue;
+        }
+        match c.status {
+            Status::Ok => body.push_str(&format!("[+]{} ok\n", c.name)),
+            Status::Degraded(why) => {
+                degraded = true;
+                body.push_str(&format!("[+]{} degraded: {why}\n", c.name));
+            }
+            Status::Failed(why) => {
+                failed = true;
+                body.push_str(&format!("[-]{} failed: {why}\n", c.name));
+            }
+        }
+    }
+    let unknown: Vec<String> = q
+        .exclude
+        .iter()
+        .filter(|e| !checks.iter().any(|c| c.name == **e))
+        .map(|e| format!("{e:?}"))
+        .collect();
+    if !unknown.is_empty() {
+        body.push_str(&format!(
+            "warn: some health checks cannot be excluded: no matches for {}\n",
+            unknown.join(",")
+        ));
+    }
+    if failed {
+        body.push_str(&format!("{kind} check failed\n"));
+        return text(StatusCode::SERVICE_UNAVAILABLE, &body);
+    }
+    if q.verbose {
+        body.push_str(&format!("{kind} check passed\n"));
+        return text(StatusCode::OK, &body);
+    }
+    text(StatusCode::OK, if degraded { "degraded\n" } else { "ok\n" })
+}
+
+fn metrics_rsp(state: &AppState, accept: Option<&HeaderValue>) -> Response<Body> {
+    let openmetrics = accept
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let mut body = String::with_capacity(8 * 1024);
+    let content_type = if openmetrics {
+        state.metrics.encode_openmetrics(&mut body);
+        metrics::OPENMETRICS_CONTENT_TYPE
+    } else {
+        state.metrics.encode_prometheus(&mut body);
+        metrics::PROMETHEUS_CONTENT_TYPE
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = Query::parse(Some("verbose&exclude=redis&exclude=a,b&x=1"));
+        assert!(q.verbose);
+        assert_eq!(q.exclude, vec!["redis", "a", "b"]);
+        assert!(!Query::parse(Some("verbose=false")).verbose);
+        assert!(!Query::parse(None).verbose);
+        let q = Query::parse(Some("&&=&exclude"));
+        assert!(q.exclude.is_empty());
+    }
+
+    fn body(r: Response<Body>) -> (StatusCode, String) {
+        use http_body_util::BodyExt;
+        let status = r.status();
+        let bytes = futures_util::FutureExt::now_or_never(r.into_body().collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn kube_format() {
+        let checks = vec![
+            Check {
+                name: "redis",
+                status: Status::Failed("connection_refused"),
+            },
+            Check {
+                name: "shutdown",
+                status: Status::Ok,
+            },
+        ];
+        let (s, b) = body(checks_rsp("readyz", &checks, &Query::default(), None));
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            b,
+            "[-]redis failed: connection_refused\n[+]shutdown ok\nreadyz check failed\n"
+        );
+        let q = Query::parse(Some("exclude=redis&exclude=nope&verbose"));
+        let (s, b) = body(checks_rsp("readyz", &checks, &q, None));
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            b,
+            "[+]redis excluded: ok\n[+]shutdown ok\nwarn: some health checks cannot be excluded: no matches for \"nope\"\nreadyz check passed\n"
+        );
+        let (s, b) = body(checks_rsp(
+            "readyz",
+            &checks,
+            &Query::default(),
+            Some("redis"),
+        ));
+        assert_eq!(
+            (s, b.as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "internal server error: redis failed: connection_refused\n"
+            )
+        );
+        let (s, _) = body(checks_rsp(
+            "readyz",
+            &checks,
+            &Query::default(),
+            Some("nope"),
+        ));
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn degraded_stays_200() {
+        let checks = vec![Check {
+            name: "redis",
+            status: Status::Degraded("connection_refused"),
+        }];
+        let (s, b) = body(checks_rsp("readyz", &checks, &Query::default(), None));
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "degraded\n"));
+        let (s, b) = body(checks_rsp(
+            "readyz",
+            &checks,
+            &Query::parse(Some("verbose")),
+            None,
+        ));
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            b,
+            "[+]redis degraded: connection_refused\nreadyz check passed\n"
+        );
+    }
+}

@@ -1,0 +1,564 @@
+//! Test harness: a real Redis Cluster of `redis-server` processes with TLS and a password, on
+//! free loopback ports, in its own temp dir; and an in-process sidecar with a tiny HTTP client.
+//!
+//! Every process started here is killed when its owner is dropped, including when a test
+//! panics; child processes also get SIGKILL if the test process itself dies.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use redis_probe::config::{Config, EnvVars};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+pub const PASSWORD: &str = "t0k3n-Sidecar-Secret-42";
+
+/// Fails the run, with the way out, when a tool is missing.
+pub fn require(bin: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => p,
+        None => panic!(
+            "`{bin}` is not installed; the integration tests need a real Redis.\n\
+             Install it with: sudo apt-get install -y redis-server redis-tools\n\
+             (or run .ci/run, which installs everything the tests need)"
+        ),
+    }
+}
+
+/// Free loopback ports, never the same one twice in this process.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut used = USED.lock().unwrap();
+    let used = used.get_or_insert_with(HashSet::new);
+    let mut out = vec![];
+    while out.len() < n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if used.insert(p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Which names the node certificates carry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CertNames {
+    /// `127.0.0.1` and `localhost`: nodes verify by the address they are reached at.
+    Loopback,
+    /// Only `redis.test`, like ElastiCache nodes announced by IP with a certificate for a name.
+    HostOnly,
+}
+
+pub const HOST_ONLY_NAME: &str = "redis.test";
+
+/// A CA and a server certificate signed by it, written as PEM files.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn generate(dir: &Path, names: CertNames, prefix: &str) -> Pki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("redis-probe test CA {prefix}"));
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+
+        let sans = match names {
+            CertNames::Loopback => vec!["localhost".to_string(), "127.0.0.1".to_string()],
+            CertNames::HostOnly => vec![HOST_ONLY_NAME.to_string()],
+        };
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "redis node");
+        // Nodes use the same certificate as clients of each other (replication, cluster bus).
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &ca).unwrap();
+
+        let pki = Pki {
+            ca: dir.join(format!("{prefix}ca.pem")),
+            cert: dir.join(format!("{prefix}node.pem")),
+            key: dir.join(format!("{prefix}node.key")),
+        };
+        std::fs::write(&pki.ca, ca.pem()).unwrap();
+        std::fs::write(&pki.cert, cert.pem()).unwrap();
+        std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+        pki
+    }
+}
+
+/// One `redis-server` process.
+pub struct Node {
+    pub port: u16,
+    pub bus_port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// What kind of deployment to start.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub names: CertNames,
+    /// 3 primaries + 3 replicas when true; one standalone server when false.
+    pub cluster: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            names: CertNames::Loopback,
+            cluster: true,
+        }
+    }
+}
+
+/// A TLS + AUTH Redis deployment owned by one test.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub pki: Pki,
+    /// A CA that signed nothing in this cluster.
+    pub other_ca: PathBuf,
+    pub nodes: Vec<Node>,
+    pub password: String,
+    pub names: CertNames,
+    redis_server: PathBuf,
+    redis_cli: PathBuf,
+}
+
+impl Cluster {
+    pub fn start(opts: Options) -> Cluster {
+        let redis_server = require("redis-server");
+        let redis_cli = require("redis-cli");
+        let dir = tempfile::Builder::new()
+            .prefix("redis-probe-test")
+            .tempdir()
+            .unwrap();
+        let pki = Pki::generate(dir.path(), opts.names, "");
+        let other = Pki::generate(dir.path(), CertNames::Loopback, "other-");
+        let count = if opts.cluster { 6 } else { 1 };
+        let ports = free_ports(count * 2);
+        let mut c = Cluster {
+            dir,
+            pki,
+            other_ca: other.ca,
+            nodes: vec![],
+            password: PASSWORD.to_string(),
+            names: opts.names,
+            redis_server,
+            redis_cli,
+        };
+        for i in 0..count {
+            let node_dir = c.dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            c.nodes.push(Node {
+                port: ports[2 * i],
+                bus_port: ports[2 * i + 1],
+                dir: node_dir,
+                child: None,
+            });
+            c.write_conf(i, opts.cluster);
+            c.start_node(i);
+        }
+        for i in 0..count {
+            c.wait_for(
+                Duration::from_secs(20),
+                &format!("node {i} answers PING"),
+                |c| c.cli(i, &["PING"]).trim() == "PONG",
+            );
+        }
+        if opts.cluster {
+            let addrs: Vec<String> = c.nodes.iter().map(Node::addr).collect();
+            let mut args: Vec<&str> = vec!["--cluster", "create"];
+            args.extend(addrs.iter().map(String::as_str));
+            args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+            let out = c.cli_output(0, &args);
+            assert!(
+                out.status.success(),
+                "cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            c.wait_healthy(Duration::from_secs(60));
+        }
+        c
+    }
+
+    fn write_conf(&self, i: usize, cluster: bool) {
+        let n = &self.nodes[i];
+        let mut conf = format!(
+            "bind 127.0.0.1\nport 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+             tls-auth-clients no\ntls-replication yes\nrequirepass {pw}\nmasterauth {pw}\ndir {dir}\n\
+             save \"\"\nappendonly no\nloglevel notice\nlogfile {dir}/redis.log\nenable-debug-command local\n",
+            port = n.port,
+            cert = self.pki.cert.display(),
+            key = self.pki.key.display(),
+            ca = self.pki.ca.display(),
+            pw = self.password,
+            dir = n.dir.display(),
+        );
+        if cluster {
+            conf.push_str(&format!(
+                "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\ncluster-port {}\ntls-cluster yes\n",
+                n.bus_port
+            ));
+        }
+        std::fs::write(n.dir.join("redis.conf"), conf).unwrap();
+    }
+
+    /// Starts (or restarts) node `i` with its existing config and cluster state.
+    pub fn start_node(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        assert!(n.child.is_none(), "node {i} is already running");
+        let mut cmd = Command::new(&self.redis_server);
+        cmd.arg(n.dir.join("redis.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        n.child = Some(cmd.spawn().expect("starting redis-server"));
+    }
+
+    /// Stops node `i` at once (SIGKILL), as a crashed host would.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, i: usize, sig: i32) {
+        let pid = self.nodes[i].pid().expect("node is running");
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    /// Runs `redis-cli` against node `i` over TLS with the password; stdout as text.
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.cli_output(i, args).stdout).into_owned()
+    }
+
+    pub fn cli_output(&self, i: usize, args: &[&str]) -> std::process::Output {
+        let port = self.nodes[i].port.to_string();
+        let mut cmd = Command::new(&self.redis_cli);
+        cmd.args(["--tls", "--cacert"])
+            .arg(&self.pki.ca)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--no-auth-warning",
+                "-a",
+                &self.password,
+            ])
+            .args(args)
+            .stdin(Stdio::null());
+        if self.names == CertNames::HostOnly {
+            cmd.args(["--sni", HOST_ONLY_NAME]);
+        }
+        run_with_timeout(cmd, Duration::from_secs(10))
+    }
+
+    /// Polls `f` until it holds, or panics after `limit` with `what`.
+    pub fn wait_for(&self, limit: Duration, what: &str, f: impl Fn(&Cluster) -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out after {limit:?} waiting until {what}");
+    }
+
+    /// Every node running says `cluster_state:ok`, and every primary has its replica.
+    pub fn is_healthy(&self) -> bool {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .collect();
+        if running.len() != self.nodes.len() {
+            return false;
+        }
+        let mut primaries_with_replica = 0;
+        for &i in &running {
+            if !self
+                .cli(i, &["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+            {
+                return false;
+            }
+            let repl = self.cli(i, &["INFO", "replication"]);
+            if repl.contains("role:master") && repl.contains("connected_slaves:1") {
+                primaries_with_replica += 1;
+            }
+            if repl.contains("role:slave") && !repl.contains("master_link_status:up") {
+                return false;
+            }
+        }
+        primaries_with_replica == self.nodes.len() / 2
+    }
+
+    pub fn wait_healthy(&self, limit: Duration) {
+        self.wait_for(limit, "the cluster is healthy", Cluster::is_healthy);
+    }
+
+    /// Addresses of nodes whose role is `master`.
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| {
+                self.nodes[*i].child.is_some() && self.cli(*i, &["ROLE"]).starts_with("master")
+            })
+            .collect()
+    }
+
+    pub fn seed(&self) -> String {
+        self.nodes[0].addr()
+    }
+
+    /// Environment for a sidecar against this cluster, with short test timings.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = vec![
+            ("REDIS_ADDRESS".into(), self.seed()),
+            (
+                "REDIS_CLUSTER_MODE".into(),
+                (self.nodes.len() > 1).to_string(),
+            ),
+            ("REDIS_TLS_ENABLED".into(), "true".into()),
+            (
+                "REDIS_TLS_CA_FILE".into(),
+                self.pki.ca.display().to_string(),
+            ),
+            ("REDIS_PASSWORD".into(), self.password.clone()),
+            ("PROBE_LISTEN".into(), "127.0.0.1:0".into()),
+        ];
+        v.extend(fast_timings());
+        v
+    }
+
+    /// Full text of every node's log, for assertions on what Redis saw.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(n.dir.join("redis.log")).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            // A stopped (SIGSTOP) process must be continued to die cleanly under wait().
+            if let Some(pid) = self.nodes[i].pid() {
+                unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            }
+            self.kill_node(i);
+        }
+    }
+}
+
+/// Short timings so outages are detected in seconds.
+pub fn fast_timings() -> Vec<(String, String)> {
+    [
+        ("PROBE_INTERVAL", "300ms"),
+        ("PROBE_JITTER", "0.2"),
+        ("PROBE_ATTEMPTS", "2"),
+        ("PROBE_ATTEMPT_TIMEOUT", "500ms"),
+        ("PROBE_RETRY_BACKOFF", "100ms"),
+        ("PROBE_FAILURE_THRESHOLD", "3"),
+        ("PROBE_OPEN_DURATION", "1s"),
+        ("PROBE_OPEN_DURATION_MAX", "2s"),
+        ("REDIS_DIAL_TIMEOUT", "500ms"),
+        ("REDIS_READ_TIMEOUT", "500ms"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Builds a config from `env` pairs, later pairs winning.
+pub fn config(env: &[(String, String)]) -> Config {
+    let vars: EnvVars = env.iter().cloned().collect();
+    Config::from_sources(&vars, None).unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
+}
+
+fn die_with_parent(cmd: &mut Command) {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn run_with_timeout(mut cmd: Command, limit: Duration) -> std::process::Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().expect("running redis-cli");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The sidecar running in this test process.
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Sidecar {
+    pub async fn start(config: Config) -> Sidecar {
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            redis_probe::run(&config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Sidecar {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+
+    /// Waits until `GET path` answers `status`, checking `also` on every answer seen.
+    pub async fn wait_status(
+        &self,
+        path: &str,
+        status: u16,
+        limit: Duration,
+    ) -> (Duration, String) {
+        let start = Instant::now();
+        loop {
+            let (s, body) = self.get(path).await;
+            if s == status {
+                return (start.elapsed(), body);
+            }
+            assert!(
+                start.elapsed() < limit,
+                "GET {path} still {s} after {limit:?}, wanted {status}:\n{body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.1
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A one-shot HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let raw = http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    parse_response(&raw)
+}
+
+/// Sends `request` as is and returns everything the server wrote back.
+pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = vec![];
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+pub fn parse_response(raw: &str) -> (u16, String) {
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a sample line `name{labels} value` in a metrics text.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
