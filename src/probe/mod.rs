@@ -243,29 +243,14 @@ impl RedisProbe {
         }
     }
 
-    /// Fetches the topology from the first node that answers: known primaries, then other known
-    /// nodes, then the seeds.
-    async fn discover(&mut self, deadline: Instant) -> Result<Topology, Failure> {
+    /// Fetches the topology from the first of `candidates` that answers. Returns the topology
+    /// when one was read (even from a cluster that reports itself down) and the failure, if any.
+    async fn discover(&mut self, candidates: Vec<HostPort>, deadline: Instant) -> (Option<Topology>, Option<Failure>) {
         if !self.settings.cluster_mode {
-            return Ok(Topology::standalone(self.settings.seeds[0].clone()));
-        }
-        let mut candidates: Vec<HostPort> = vec![];
-        if let Some(t) = &self.topology {
-            // Nodes we hold a live connection to first: no handshake needed.
-            let mut known: Vec<&topology::Node> = t.nodes().collect();
-            known.sort_by_key(|n| (!self.conns.contains_key(&n.addr), n.role));
-            candidates.extend(known.into_iter().map(|n| n.addr.clone()));
-        }
-        for s in &self.settings.seeds {
-            if !candidates.contains(s) {
-                candidates.push(s.clone());
-            }
+            return (Some(Topology::standalone(self.settings.seeds[0].clone())), None);
         }
         let tls = self.settings.tls.is_some();
-        let mut last = Failure {
-            reason: Reason::Other,
-            detail: "no address to ask for the topology".into(),
-        };
+        let mut last = Failure { reason: Reason::Other, detail: "no address to ask for the topology".into() };
         for addr in candidates {
             let mut conn = match self.connection(&addr, deadline).await {
                 Ok(c) => c,
@@ -274,11 +259,7 @@ impl RedisProbe {
                     continue;
                 }
             };
-            let shards_cmd = if self.use_cluster_slots {
-                "SLOTS"
-            } else {
-                "SHARDS"
-            };
+            let shards_cmd = if self.use_cluster_slots { "SLOTS" } else { "SHARDS" };
             let reply = timeout_at(
                 deadline,
                 redis::pipe()
@@ -297,23 +278,22 @@ impl RedisProbe {
                     } else {
                         topology::parse_cluster_shards(&shards, tls)
                     };
-                    let t = parsed.map_err(|e| Failure {
-                        reason: Reason::Other,
-                        detail: format!("{addr}: {e}"),
-                    })?;
-                    if topology::cluster_state_ok(&info) == Some(false) {
-                        // Keep the topology so nodes are still PINGed and reported.
-                        self.topology = Some(t);
-                        return Err(Failure {
-                            reason: Reason::ClusterDown,
-                            detail: format!("{addr} reports cluster_state:fail"),
-                        });
-                    }
-                    return Ok(t);
+                    let t = match parsed {
+                        Ok(t) => t,
+                        Err(e) => {
+                            last = Failure { reason: Reason::Other, detail: format!("{addr}: {e}") };
+                            continue;
+                        }
+                    };
+                    let failure = (topology::cluster_state_ok(&info) == Some(false)).then(|| Failure {
+                        reason: Reason::ClusterDown,
+                        detail: format!("{addr} reports cluster_state:fail"),
+                    });
+                    return (Some(t), failure);
                 }
                 Ok(Err(e)) if !self.use_cluster_slots && is_unknown_subcommand(&e) => {
                     self.use_cluster_slots = true;
-                    return Box::pin(self.discover(deadline)).await;
+                    return Box::pin(self.discover(vec![addr], deadline)).await;
                 }
                 Ok(Err(e)) => {
                     let f = Failure::redis(e);
@@ -326,7 +306,27 @@ impl RedisProbe {
                 }
             }
         }
-        Err(last)
+        (None, Some(last))
+    }
+
+    /// PINGs `nodes` concurrently; keeps the connections that worked, drops the others.
+    async fn ping_all(&mut self, nodes: Vec<(HostPort, Role)>, deadline: Instant, details: &mut Vec<String>) -> Vec<NodeReport> {
+        let pings = join_all(nodes.into_iter().map(|(addr, role)| self.ping(addr, role, deadline))).await;
+        let mut reports = Vec::with_capacity(pings.len());
+        for (report, conn, detail) in pings {
+            match (conn, report.result) {
+                (Some(c), _) => {
+                    self.conns.insert(report.addr.clone(), c);
+                }
+                (None, Err(reason)) => self.drop_on(&report.addr, reason),
+                (None, Ok(_)) => {}
+            }
+            if let Some(d) = detail {
+                details.push(format!("{}: {d}", report.addr));
+            }
+            reports.push(report);
+        }
+        reports
     }
 
     fn drop_on(&mut self, addr: &HostPort, reason: Reason) {
@@ -348,52 +348,49 @@ impl RedisProbe {
         }
     }
 
-    /// Runs one attempt, bounded by `deadline`.
+    /// Runs one attempt, bounded by `deadline`: PING the known nodes, read the topology from
+    /// one that answered (the seeds only when none did), then PING any node the topology added.
     pub async fn run_check(&mut self, deadline: Instant) -> CheckReport {
-        let discovered = self.discover(deadline).await;
-        let (topology, topo_failure) = match discovered {
-            Ok(t) => {
-                self.topology = Some(t);
-                (self.topology.clone().unwrap_or_default(), None)
-            }
-            Err(f) => match &self.topology {
-                // Keep PINGing the nodes we knew: per-node results stay useful in an outage.
-                Some(t) => (t.clone(), Some(f)),
-                None => {
-                    if f.reason == Reason::Auth {
-                        self.reload_password();
-                    }
-                    return CheckReport::failed(f.reason, f.detail);
-                }
-            },
-        };
-        // Forget connections to nodes that left the cluster (and to seeds once known).
-        self.conns
-            .retain(|a, _| topology.nodes().any(|n| &n.addr == a));
-
-        let pings = join_all(
-            topology
-                .nodes()
-                .map(|n| self.ping(n.addr.clone(), n.role, deadline)),
-        )
-        .await;
-        let mut nodes = Vec::with_capacity(pings.len());
         let mut details = vec![];
-        for (report, conn, detail) in pings {
-            match conn {
-                Some(c) => {
-                    self.conns.insert(report.addr.clone(), c);
-                }
-                None => {
-                    let reason = report.result.clone().err().unwrap_or(Reason::Other);
-                    self.drop_on(&report.addr, reason);
-                }
+        let known: Vec<(HostPort, Role)> =
+            self.topology.iter().flat_map(|t| t.nodes()).map(|n| (n.addr.clone(), n.role)).collect();
+        let mut reports = self.ping_all(known, deadline, &mut details).await;
+
+        let mut candidates: Vec<HostPort> = reports.iter().filter(|r| r.result.is_ok()).map(|r| r.addr.clone()).collect();
+        candidates.sort_by_key(|a| reports.iter().find(|r| &r.addr == a).map(|r| r.role));
+        for seed in &self.settings.seeds {
+            // A seed that is a node which just failed would only fail again.
+            if !reports.iter().any(|r| &r.addr == seed) {
+                candidates.push(seed.clone());
             }
-            if let Some(d) = detail {
-                details.push(format!("{}: {d}", report.addr));
-            }
-            nodes.push(report);
         }
+        let (discovered, topo_failure) = self.discover(candidates, deadline).await;
+        if let Some(t) = discovered {
+            self.topology = Some(t);
+        }
+        let Some(topology) = self.topology.clone() else {
+            let f = topo_failure.unwrap_or_else(|| Failure { reason: Reason::Other, detail: "no topology".into() });
+            if f.reason == Reason::Auth {
+                self.reload_password();
+            }
+            return CheckReport::failed(f.reason, f.detail);
+        };
+
+        // Follow the topology: new nodes get PINGed, departed ones forgotten, roles updated.
+        let added: Vec<(HostPort, Role)> = topology
+            .nodes()
+            .filter(|n| !reports.iter().any(|r| r.addr == n.addr))
+            .map(|n| (n.addr.clone(), n.role))
+            .collect();
+        reports.extend(self.ping_all(added, deadline, &mut details).await);
+        let nodes: Vec<NodeReport> = topology
+            .nodes()
+            .filter_map(|n| {
+                let r = reports.iter().find(|r| r.addr == n.addr)?;
+                Some(NodeReport { addr: n.addr.clone(), role: n.role, result: r.result })
+            })
+            .collect();
+        self.conns.retain(|a, _| topology.nodes().any(|n| &n.addr == a));
         if nodes.iter().any(|n| n.result == Err(Reason::Auth)) {
             self.reload_password();
         }
@@ -402,11 +399,7 @@ impl RedisProbe {
         if let Some(f) = topo_failure {
             details.insert(0, f.detail);
         }
-        CheckReport {
-            result,
-            nodes,
-            detail: (!details.is_empty()).then(|| details.join("; ")),
-        }
+        CheckReport { result, nodes, detail: (!details.is_empty()).then(|| details.join("; ")) }
     }
 }
 
