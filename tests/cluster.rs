@@ -63,23 +63,53 @@ fn outage_bound() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_outage_turns_unready_and_recovery_turns_ready() {
-    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default())).await.unwrap();
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
     let sidecar = Sidecar::start(config(&cluster.env())).await;
-    sidecar.wait_status("/readyz", 200, Duration::from_secs(15)).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
 
     for i in 0..cluster.nodes.len() {
         cluster.kill_node(i);
     }
     // Scheduling slack for a loaded 2-core machine; the measured figure is printed.
-    let (took, body) = sidecar.wait_status("/readyz", 503, outage_bound() + Duration::from_secs(3)).await;
-    eprintln!("full outage -> 503 in {took:?} (bound {:?})", outage_bound());
-    assert_eq!(body, "[-]redis failed: connection_refused\n[+]shutdown ok\nreadyz check failed\n");
-    assert_eq!(sidecar.get("/livez").await.0, 200, "a Redis outage must not fail liveness");
+    let (took, body) = sidecar
+        .wait_status("/readyz", 503, outage_bound() + Duration::from_secs(3))
+        .await;
+    eprintln!(
+        "full outage -> 503 in {took:?} (bound {:?})",
+        outage_bound()
+    );
+    assert_eq!(
+        body,
+        "[-]redis failed: connection_refused\n[+]shutdown ok\nreadyz check failed\n"
+    );
+    assert_eq!(
+        sidecar.get("/livez").await.0,
+        200,
+        "a Redis outage must not fail liveness"
+    );
     let m = sidecar.metrics().await;
     assert_eq!(sample(&m, "redis_up"), Some(0.0));
     assert_eq!(sample(&m, "redis_probe_ready"), Some(0.0));
-    assert!(sample(&m, "redis_health_check_failed_total{reason=\"connection_refused\"}").unwrap() >= 3.0, "{m}");
-    assert_eq!(sample(&m, "redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}"), Some(1.0));
+    assert!(
+        sample(
+            &m,
+            "redis_health_check_failed_total{reason=\"connection_refused\"}"
+        )
+        .unwrap()
+            >= 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}"
+        ),
+        Some(1.0)
+    );
 
     // Hold the outage long enough for the open duration to grow to its maximum.
     let start = std::time::Instant::now();
@@ -89,7 +119,11 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let m = sidecar.metrics().await;
-    assert_eq!(sample(&m, "redis_circuit_breaker_open_duration_seconds"), Some(2.0), "{m}");
+    assert_eq!(
+        sample(&m, "redis_circuit_breaker_open_duration_seconds"),
+        Some(2.0),
+        "{m}"
+    );
 
     let cluster = tokio::task::spawn_blocking(move || {
         for i in 0..cluster.nodes.len() {
@@ -101,24 +135,40 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
     .await
     .unwrap();
     // open duration max (2 s) + interval + one check, with slack.
-    let (took, _) = sidecar.wait_status("/readyz", 200, Duration::from_secs(6)).await;
+    let (took, _) = sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(6))
+        .await;
     eprintln!("cluster healthy -> 200 in {took:?}");
     let m = sidecar.metrics().await;
     assert_eq!(sample(&m, "redis_up"), Some(1.0));
-    assert_eq!(sample(&m, "redis_circuit_breaker_state{state=\"closed\"}"), Some(1.0));
-    assert!(sample(&m, "redis_circuit_breaker_transitions_total{from=\"half_open\",to=\"closed\"}").unwrap() >= 1.0);
+    assert_eq!(
+        sample(&m, "redis_circuit_breaker_state{state=\"closed\"}"),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &m,
+            "redis_circuit_breaker_transitions_total{from=\"half_open\",to=\"closed\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
     sidecar.stop().await;
     drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_auth_and_never_shown() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default())).await.unwrap();
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
     let wrong = "Wr0ng-Pa55word-XYZ";
     let mut env = cluster.env();
     env.push(("REDIS_PASSWORD".into(), wrong.into()));
     let sidecar = Sidecar::start(config(&env)).await;
-    let (_, body) = sidecar.wait_status("/readyz?verbose", 503, Duration::from_secs(15)).await;
+    let (_, body) = sidecar
+        .wait_status("/readyz?verbose", 503, Duration::from_secs(15))
+        .await;
     // Before the first check it says so; wait for the classified reason.
     let start = std::time::Instant::now();
     let mut body = body;
@@ -128,9 +178,25 @@ async fn wrong_password_is_auth_and_never_shown() {
         body = sidecar.get("/readyz?verbose").await.1;
     }
     let m = sidecar.metrics().await;
-    assert!(sample(&m, "redis_health_check_attempt_failures_total{reason=\"auth\"}").unwrap() >= 1.0, "{m}");
-    for text in [&body, &m, &sidecar.get("/readyz").await.1, &sidecar.get("/livez?verbose").await.1] {
-        assert!(!text.contains(wrong) && !text.contains(&cluster.password), "secret leaked:\n{text}");
+    assert!(
+        sample(
+            &m,
+            "redis_health_check_attempt_failures_total{reason=\"auth\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{m}"
+    );
+    for text in [
+        &body,
+        &m,
+        &sidecar.get("/readyz").await.1,
+        &sidecar.get("/livez?verbose").await.1,
+    ] {
+        assert!(
+            !text.contains(wrong) && !text.contains(&cluster.password),
+            "secret leaked:\n{text}"
+        );
     }
     sidecar.stop().await;
 }

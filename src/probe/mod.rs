@@ -245,12 +245,22 @@ impl RedisProbe {
 
     /// Fetches the topology from the first of `candidates` that answers. Returns the topology
     /// when one was read (even from a cluster that reports itself down) and the failure, if any.
-    async fn discover(&mut self, candidates: Vec<HostPort>, deadline: Instant) -> (Option<Topology>, Option<Failure>) {
+    async fn discover(
+        &mut self,
+        candidates: Vec<HostPort>,
+        deadline: Instant,
+    ) -> (Option<Topology>, Option<Failure>) {
         if !self.settings.cluster_mode {
-            return (Some(Topology::standalone(self.settings.seeds[0].clone())), None);
+            return (
+                Some(Topology::standalone(self.settings.seeds[0].clone())),
+                None,
+            );
         }
         let tls = self.settings.tls.is_some();
-        let mut last = Failure { reason: Reason::Other, detail: "no address to ask for the topology".into() };
+        let mut last = Failure {
+            reason: Reason::Other,
+            detail: "no address to ask for the topology".into(),
+        };
         for addr in candidates {
             let mut conn = match self.connection(&addr, deadline).await {
                 Ok(c) => c,
@@ -259,7 +269,11 @@ impl RedisProbe {
                     continue;
                 }
             };
-            let shards_cmd = if self.use_cluster_slots { "SLOTS" } else { "SHARDS" };
+            let shards_cmd = if self.use_cluster_slots {
+                "SLOTS"
+            } else {
+                "SHARDS"
+            };
             let reply = timeout_at(
                 deadline,
                 redis::pipe()
@@ -281,14 +295,18 @@ impl RedisProbe {
                     let t = match parsed {
                         Ok(t) => t,
                         Err(e) => {
-                            last = Failure { reason: Reason::Other, detail: format!("{addr}: {e}") };
+                            last = Failure {
+                                reason: Reason::Other,
+                                detail: format!("{addr}: {e}"),
+                            };
                             continue;
                         }
                     };
-                    let failure = (topology::cluster_state_ok(&info) == Some(false)).then(|| Failure {
-                        reason: Reason::ClusterDown,
-                        detail: format!("{addr} reports cluster_state:fail"),
-                    });
+                    let failure =
+                        (topology::cluster_state_ok(&info) == Some(false)).then(|| Failure {
+                            reason: Reason::ClusterDown,
+                            detail: format!("{addr} reports cluster_state:fail"),
+                        });
                     return (Some(t), failure);
                 }
                 Ok(Err(e)) if !self.use_cluster_slots && is_unknown_subcommand(&e) => {
@@ -310,8 +328,18 @@ impl RedisProbe {
     }
 
     /// PINGs `nodes` concurrently; keeps the connections that worked, drops the others.
-    async fn ping_all(&mut self, nodes: Vec<(HostPort, Role)>, deadline: Instant, details: &mut Vec<String>) -> Vec<NodeReport> {
-        let pings = join_all(nodes.into_iter().map(|(addr, role)| self.ping(addr, role, deadline))).await;
+    async fn ping_all(
+        &mut self,
+        nodes: Vec<(HostPort, Role)>,
+        deadline: Instant,
+        details: &mut Vec<String>,
+    ) -> Vec<NodeReport> {
+        let pings = join_all(
+            nodes
+                .into_iter()
+                .map(|(addr, role)| self.ping(addr, role, deadline)),
+        )
+        .await;
         let mut reports = Vec::with_capacity(pings.len());
         for (report, conn, detail) in pings {
             match (conn, report.result) {
@@ -352,11 +380,19 @@ impl RedisProbe {
     /// one that answered (the seeds only when none did), then PING any node the topology added.
     pub async fn run_check(&mut self, deadline: Instant) -> CheckReport {
         let mut details = vec![];
-        let known: Vec<(HostPort, Role)> =
-            self.topology.iter().flat_map(|t| t.nodes()).map(|n| (n.addr.clone(), n.role)).collect();
+        let known: Vec<(HostPort, Role)> = self
+            .topology
+            .iter()
+            .flat_map(|t| t.nodes())
+            .map(|n| (n.addr.clone(), n.role))
+            .collect();
         let mut reports = self.ping_all(known, deadline, &mut details).await;
 
-        let mut candidates: Vec<HostPort> = reports.iter().filter(|r| r.result.is_ok()).map(|r| r.addr.clone()).collect();
+        let mut candidates: Vec<HostPort> = reports
+            .iter()
+            .filter(|r| r.result.is_ok())
+            .map(|r| r.addr.clone())
+            .collect();
         candidates.sort_by_key(|a| reports.iter().find(|r| &r.addr == a).map(|r| r.role));
         for seed in &self.settings.seeds {
             // A seed that is a node which just failed would only fail again.
@@ -369,7 +405,10 @@ impl RedisProbe {
             self.topology = Some(t);
         }
         let Some(topology) = self.topology.clone() else {
-            let f = topo_failure.unwrap_or_else(|| Failure { reason: Reason::Other, detail: "no topology".into() });
+            let f = topo_failure.unwrap_or_else(|| Failure {
+                reason: Reason::Other,
+                detail: "no topology".into(),
+            });
             if f.reason == Reason::Auth {
                 self.reload_password();
             }
@@ -387,10 +426,15 @@ impl RedisProbe {
             .nodes()
             .filter_map(|n| {
                 let r = reports.iter().find(|r| r.addr == n.addr)?;
-                Some(NodeReport { addr: n.addr.clone(), role: n.role, result: r.result })
+                Some(NodeReport {
+                    addr: n.addr.clone(),
+                    role: n.role,
+                    result: r.result,
+                })
             })
             .collect();
-        self.conns.retain(|a, _| topology.nodes().any(|n| &n.addr == a));
+        self.conns
+            .retain(|a, _| topology.nodes().any(|n| &n.addr == a));
         if nodes.iter().any(|n| n.result == Err(Reason::Auth)) {
             self.reload_password();
         }
@@ -399,7 +443,11 @@ impl RedisProbe {
         if let Some(f) = topo_failure {
             details.insert(0, f.detail);
         }
-        CheckReport { result, nodes, detail: (!details.is_empty()).then(|| details.join("; ")) }
+        CheckReport {
+            result,
+            nodes,
+            detail: (!details.is_empty()).then(|| details.join("; ")),
+        }
     }
 }
 

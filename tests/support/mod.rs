@@ -202,11 +202,23 @@ impl Cluster {
             c.start_node(i);
         }
         for i in 0..count {
-            c.wait_for(
-                Duration::from_secs(20),
-                &format!("node {i} answers PING"),
-                |c| c.cli(i, &["PING"]).trim() == "PONG",
-            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let out = c.cli_output(i, &["PING"]);
+                if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(c.nodes[i].dir.join("redis.log"))
+                        .unwrap_or_default();
+                    panic!(
+                        "node {i} does not answer PING: {}{}\nserver log:\n{log}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         if opts.cluster {
             let addrs: Vec<String> = c.nodes.iter().map(Node::addr).collect();
@@ -291,11 +303,11 @@ impl Cluster {
                 "-a",
                 &self.password,
             ])
-            .args(args)
             .stdin(Stdio::null());
         if self.names == CertNames::HostOnly {
             cmd.args(["--sni", HOST_ONLY_NAME]);
         }
+        cmd.args(args);
         run_with_timeout(cmd, Duration::from_secs(10))
     }
 
@@ -357,7 +369,15 @@ impl Cluster {
 
     /// Environment for a sidecar against this cluster, with short test timings.
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = vec![
+        let mut v = self.connection_env();
+        v.push(("PROBE_LISTEN".into(), "127.0.0.1:0".into()));
+        v.extend(fast_timings());
+        v
+    }
+
+    /// The variables that point a sidecar at this cluster, nothing else.
+    pub fn connection_env(&self) -> Vec<(String, String)> {
+        vec![
             ("REDIS_ADDRESS".into(), self.seed()),
             (
                 "REDIS_CLUSTER_MODE".into(),
@@ -369,10 +389,7 @@ impl Cluster {
                 self.pki.ca.display().to_string(),
             ),
             ("REDIS_PASSWORD".into(), self.password.clone()),
-            ("PROBE_LISTEN".into(), "127.0.0.1:0".into()),
-        ];
-        v.extend(fast_timings());
-        v
+        ]
     }
 
     /// Full text of every node's log, for assertions on what Redis saw.

@@ -1,0 +1,115 @@
+//! TLS verification against real nodes: server name override, wrong CA, and a standalone server.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{CertNames, Cluster, HOST_ONLY_NAME, Options, Sidecar, config, sample};
+
+async fn wait_reason(sidecar: &Sidecar, reason: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = sidecar.get("/readyz?verbose").await;
+        if body.contains(&format!("[-]redis failed: {reason}\n")) {
+            assert_eq!(status, 503);
+            return body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "reason {reason} never shown:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Nodes announced by IP, certificates naming only a host: verification needs
+/// `REDIS_TLS_SERVER_NAME`, and fails with reason `tls` without it or with a wrong CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_name_and_wrong_ca() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        Cluster::start(Options {
+            names: CertNames::HostOnly,
+            cluster: true,
+        })
+    })
+    .await
+    .unwrap();
+
+    let mut env = cluster.env();
+    env.push(("REDIS_TLS_SERVER_NAME".into(), HOST_ONLY_NAME.into()));
+    let named = Sidecar::start(config(&env)).await;
+    named
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let m = named.metrics().await;
+    assert_eq!(
+        m.matches("redis_node_up{").filter(|_| true).count(),
+        6,
+        "{m}"
+    );
+    named.stop().await;
+
+    let unnamed = Sidecar::start(config(&cluster.env())).await;
+    wait_reason(&unnamed, "tls").await;
+    let m = unnamed.metrics().await;
+    assert!(
+        sample(
+            &m,
+            "redis_health_check_attempt_failures_total{reason=\"tls\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{m}"
+    );
+    unnamed.stop().await;
+
+    let mut env = cluster.env();
+    env.push(("REDIS_TLS_SERVER_NAME".into(), HOST_ONLY_NAME.into()));
+    env.push((
+        "REDIS_TLS_CA_FILE".into(),
+        cluster.other_ca.display().to_string(),
+    ));
+    let wrong_ca = Sidecar::start(config(&env)).await;
+    wait_reason(&wrong_ca, "tls").await;
+    wrong_ca.stop().await;
+}
+
+/// `REDIS_CLUSTER_MODE=false`: one TLS server, PINGed as a primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_server() {
+    let server = tokio::task::spawn_blocking(|| {
+        Cluster::start(Options {
+            names: CertNames::Loopback,
+            cluster: false,
+        })
+    })
+    .await
+    .unwrap();
+    let sidecar = Sidecar::start(config(&server.env())).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let m = sidecar.metrics().await;
+    let series = format!(
+        "redis_node_up{{node=\"{}\",role=\"primary\"}}",
+        server.nodes[0].addr()
+    );
+    assert_eq!(sample(&m, &series), Some(1.0), "{m}");
+    sidecar.stop().await;
+}
+
+/// A plain-text client against a TLS-only port and a TLS client against nothing at all are
+/// different failures: `tls` needs a handshake to fail, `connection_refused` needs no listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_listening_is_connection_refused() {
+    let port = support::free_ports(1)[0];
+    let mut env: Vec<(String, String)> = vec![
+        ("REDIS_ADDRESS".into(), format!("127.0.0.1:{port}")),
+        ("PROBE_LISTEN".into(), "127.0.0.1:0".into()),
+    ];
+    env.extend(support::fast_timings());
+    let sidecar = Sidecar::start(config(&env)).await;
+    wait_reason(&sidecar, "connection_refused").await;
+    assert_eq!(sidecar.get("/livez").await.0, 200);
+    sidecar.stop().await;
+}
