@@ -648,7 +648,12 @@ fn toml_text(v: &Value) -> String {
         Value::String(_, s) => format!("{s:?}"),
         Value::Char(_, c) => format!("{c:?}"),
         Value::Bool(_, b) => b.to_string(),
-        Value::Num(_, n) => n.to_f64().map(|f| f.to_string()).unwrap_or_default(),
+        Value::Num(_, n) => n
+            .to_u128()
+            .map(|u| u.to_string())
+            .or_else(|| n.to_i128().map(|i| i.to_string()))
+            .or_else(|| n.to_f64().map(|f| f.to_string()))
+            .unwrap_or_default(),
         Value::Empty(..) => "null".into(),
         Value::Dict(..) => "a table".into(),
         Value::Array(..) => "an array".into(),

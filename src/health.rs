@@ -250,19 +250,26 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
     fn on_transition(&mut self, t: crate::breaker::Transition, reason: Option<Reason>) {
         self.metrics.record_transition(t);
         let reason = reason.map(Reason::as_str).unwrap_or("");
-        match t.to {
-            State::Open => tracing::warn!(
-                from = %t.from,
-                to = %t.to,
-                reason,
-                open_for_ms = self.breaker.open_until().map(|u| (u - Instant::now()).as_millis() as u64).unwrap_or(0),
-                "circuit breaker opened: Redis is considered down"
-            ),
-            State::HalfOpen => {
-                tracing::info!(from = %t.from, to = %t.to, "circuit breaker half-open: trying Redis again")
+        let open_for_ms = self
+            .breaker
+            .open_until()
+            .map(|u| (u - Instant::now()).as_millis() as u64)
+            .unwrap_or(0);
+        // One warning when Redis goes down and one line when it comes back; the trial checks
+        // in between (open -> half_open -> open, every open duration) are debug lines, so a long
+        // outage does not repeat itself in the logs.
+        match (t.from, t.to) {
+            (State::Closed, State::Open) => {
+                tracing::warn!(from = %t.from, to = %t.to, reason, open_for_ms, "circuit breaker opened: Redis is considered down")
             }
-            State::Closed => {
-                tracing::info!(from = %t.from, to = %t.to, "circuit breaker closed: Redis is healthy")
+            (_, State::Open) => {
+                tracing::debug!(from = %t.from, to = %t.to, reason, open_for_ms, "trial check failed: circuit breaker stays open")
+            }
+            (_, State::HalfOpen) => {
+                tracing::debug!(from = %t.from, to = %t.to, "circuit breaker half-open: trying Redis again")
+            }
+            (_, State::Closed) => {
+                tracing::info!(from = %t.from, to = %t.to, "circuit breaker closed: Redis is healthy again")
             }
         }
     }

@@ -268,7 +268,7 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         die_with_parent(&mut cmd);
-        n.child = Some(cmd.spawn().expect("starting redis-server"));
+        n.child = Some(spawn_from_lasting_thread(cmd).expect("starting redis-server"));
     }
 
     /// Stops node `i` at once (SIGKILL), as a crashed host would.
@@ -445,6 +445,31 @@ fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Spawns `cmd` from one thread that lives as long as the test process. PR_SET_PDEATHSIG
+/// fires when the *thread* that forked the child exits, and tokio's blocking threads exit when
+/// idle: a server started from one would be killed in the middle of a test.
+fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<Child> {
+    type Job = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        Mutex::new(tx)
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawner
+        .lock()
+        .unwrap()
+        .send((cmd, tx))
+        .expect("spawner thread alive");
+    rx.recv().expect("spawner thread alive")
 }
 
 fn run_with_timeout(mut cmd: Command, limit: Duration) -> std::process::Output {

@@ -1,0 +1,221 @@
+//! The `redis-probe` binary: `--check-config`, start-up errors, logs, SIGTERM.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{CertNames, Cluster, Options};
+
+const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
+
+fn run(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn check_config_prints_effective_settings_without_secrets() {
+    let (code, out, err) = run(
+        &[
+            ("REDIS_ADDRESS", "clustercfg.example:6379"),
+            ("REDIS_PASSWORD", "hunter2-secret"),
+            ("REDIS_POOL_SIZE", "1000"),
+        ],
+        &["--check-config"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("REDIS_ADDRESS=clustercfg.example:6379"),
+        "{out}"
+    );
+    assert!(out.contains("REDIS_PASSWORD=<redacted>"), "{out}");
+    assert!(out.contains("PROBE_INTERVAL=5s"), "{out}");
+    assert!(!out.contains("hunter2") && !err.contains("hunter2"));
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_variable_and_value() {
+    let (code, _, err) = run(
+        &[
+            ("REDIS_ADDRESS", "a:1"),
+            ("REDIS_POOL_SIZE", "abc"),
+            ("PROBE_JITTER", "2"),
+        ],
+        &["--check-config"],
+    );
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("REDIS_POOL_SIZE=abc: expected an unsigned integer"),
+        "{err}"
+    );
+    assert!(
+        err.contains("PROBE_JITTER=2: must be at least 0 and less than 1"),
+        "{err}"
+    );
+    // Start-up (not only --check-config) refuses too.
+    let (code, _, err) = run(&[("PROBE_LISTEN", "127.0.0.1:0")], &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("REDIS_ADDRESS is required"), "{err}");
+    let (code, _, _) = run(&[], &["--no-such-flag"]);
+    assert_eq!(code, 64);
+}
+
+#[test]
+fn config_file_from_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("probe.toml");
+    std::fs::write(
+        &f,
+        "[redis]\naddress = \"10.1.2.3:6379\"\n[probe]\nattempts = 7\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&[], &["--config", f.to_str().unwrap(), "--check-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("PROBE_ATTEMPTS=7"), "{out}");
+    assert!(out.contains("REDIS_ADDRESS=10.1.2.3:6379"), "{out}");
+}
+
+/// A wrong password, logs at debug level, then SIGTERM: the reason is logged once as `auth`,
+/// the password is in no line, and the process exits 0 within 5 s.
+#[test]
+fn wrong_password_logs_then_sigterm_exits_cleanly() {
+    let server = Cluster::start(Options {
+        names: CertNames::Loopback,
+        cluster: false,
+    });
+    let port = support::free_ports(1)[0];
+    let listen = format!("127.0.0.1:{port}");
+    let wrong = "Wr0ng-Token-For-Logs";
+    let mut env: Vec<(String, String)> = server.connection_env();
+    env.push(("REDIS_PASSWORD".into(), wrong.into()));
+    env.push(("PROBE_LISTEN".into(), listen.clone()));
+    env.push(("PROBE_LOG_LEVEL".into(), "debug".into()));
+    env.extend(support::fast_timings());
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .envs(env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut body = String::new();
+    while !body.contains("[-]redis failed: auth") {
+        assert!(Instant::now() < deadline, "never saw reason auth: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+        if std::net::TcpStream::connect(addr).is_ok() {
+            body = rt.block_on(support::http_get(addr, "/readyz?verbose")).1;
+        }
+    }
+    // Let the breaker open and a few trial checks fail too.
+    loop {
+        let m = rt.block_on(support::http_get(addr, "/metrics")).1;
+        let opened = support::sample(
+            &m,
+            "redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}",
+        );
+        let checks = support::sample(&m, "redis_health_checks_total").unwrap_or(0.0);
+        if opened == Some(1.0) && checks >= 5.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "breaker never opened:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let out = child.wait_with_output().unwrap();
+    let logs =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!logs.contains(wrong), "password in logs:\n{logs}");
+    assert!(!logs.contains(&server.password));
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"msg\":\"Redis health check failed\""))
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "one line per change of reason, not per failed check:\n{logs}"
+    );
+    assert!(
+        failed[0].contains("\"reason\":\"auth\"") && failed[0].contains("\"level\":\"warn\""),
+        "{}",
+        failed[0]
+    );
+    assert!(failed[0].starts_with("{\"ts\":\""), "{}", failed[0]);
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"level\":\"warn\""))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        2,
+        "one warning for the reason, one for the breaker:\n{logs}"
+    );
+    assert!(warnings[1].contains("circuit breaker opened"), "{logs}");
+    assert!(logs.contains("\"signal\":\"SIGTERM\""), "{logs}");
+}
+
+/// The exported text passes `promtool check metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let promtool = support::require("promtool");
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let sidecar = support::Sidecar::start(support::config(&cluster.env())).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let plain = sidecar.metrics().await;
+    // promtool reads the Prometheus text format, which is what a client gets without asking
+    // for OpenMetrics.
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(plain.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{plain}"
+    );
+    sidecar.stop().await;
+}
