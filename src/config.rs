@@ -755,6 +755,9 @@ fn read(r: &mut Reader<'_>) -> Option<Config> {
         }
     });
     let cluster_mode = r.get::<bool>(REDIS_CLUSTER_MODE);
+    if cluster_mode == Some(false) && addresses.as_ref().is_some_and(|a| a.len() > 1) {
+        r.problem(REDIS_ADDRESS, "a list of addresses needs REDIS_CLUSTER_MODE=true; a standalone server has one address");
+    }
     let username = r.get::<String>(REDIS_USERNAME);
     let inline = r.get::<String>(REDIS_PASSWORD).map(Secret::new);
     let password_file = r.get::<String>(REDIS_PASSWORD_FILE).map(PathBuf::from);
@@ -1117,6 +1120,18 @@ mod tests {
                 "{p:?}"
             );
         }
+    }
+
+    #[test]
+    fn standalone_takes_one_address() {
+        let p = problems(&[
+            ("REDIS_ADDRESS", "a:1,b:2"),
+            ("REDIS_CLUSTER_MODE", "false"),
+        ]);
+        assert!(
+            p[0].starts_with("REDIS_ADDRESS=a:1,b:2: a list of addresses needs"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::config::OnFailure;
 use crate::health::Rx;
 use crate::metrics::{self, Metrics};
+use crate::probe::NodeReport;
 
 /// Most connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -188,6 +189,8 @@ pub fn route(
 struct Check {
     name: &'static str,
     status: Status,
+    /// Shown after the status with `?verbose`, e.g. which replica is down.
+    note: Option<String>,
 }
 
 enum Status {
@@ -206,10 +209,12 @@ fn live_checks(state: &AppState, now: Instant) -> Vec<Check> {
         Check {
             name: "ping",
             status: Status::Ok,
+            note: None,
         },
         Check {
             name: "healthloop",
             status,
+            note: None,
         },
     ]
 }
@@ -232,12 +237,33 @@ fn ready_checks(state: &AppState, now: Instant) -> Vec<Check> {
         Check {
             name: "redis",
             status: redis,
+            note: node_note(&state.health.borrow().nodes),
         },
         Check {
             name: "shutdown",
             status: shutdown,
+            note: None,
         },
     ]
+}
+
+/// Names the failing nodes when some, but not all, failed: a replica that is down does not fail
+/// the check but should be visible, and `no_primary` should say which primary. When every node
+/// failed, the check's reason already says it all.
+fn node_note(nodes: &[NodeReport]) -> Option<String> {
+    let failed: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| Some(format!("{} {} {}", n.role, n.addr, n.result.err()?)))
+        .collect();
+    if failed.is_empty() || failed.len() == nodes.len() {
+        return None;
+    }
+    Some(format!(
+        "({} of {} nodes failing: {})",
+        failed.len(),
+        nodes.len(),
+        failed.join(", ")
+    ))
 }
 
 /// The parts of the query string the health endpoints understand.
@@ -286,15 +312,19 @@ fn checks_rsp(kind: &str, checks: &[Check], q: &Query<'_>, only: Option<&str>) -
             continue;
         }
         match c.status {
-            Status::Ok => body.push_str(&format!("[+]{} ok\n", c.name)),
+            Status::Ok => body.push_str(&format!("[+]{} ok", c.name)),
             Status::Degraded(why) => {
                 degraded = true;
-                body.push_str(&format!("[+]{} degraded: {why}\n", c.name));
+                body.push_str(&format!("[+]{} degraded: {why}", c.name));
             }
             Status::Failed(why) => {
                 failed = true;
-                body.push_str(&format!("[-]{} failed: {why}\n", c.name));
+                body.push_str(&format!("[-]{} failed: {why}", c.name));
             }
+        }
+        match &c.note {
+            Some(note) if q.verbose => body.push_str(&format!(" {note}\n")),
+            _ => body.push('\n'),
         }
     }
     let unknown: Vec<String> = q
@@ -385,10 +415,12 @@ mod tests {
             Check {
                 name: "redis",
                 status: Status::Failed("connection_refused"),
+                note: None,
             },
             Check {
                 name: "shutdown",
                 status: Status::Ok,
+                note: None,
             },
         ];
         let (s, b) = body(checks_rsp("readyz", &checks, &Query::default(), None));
@@ -431,6 +463,7 @@ mod tests {
         let checks = vec![Check {
             name: "redis",
             status: Status::Degraded("connection_refused"),
+            note: None,
         }];
         let (s, b) = body(checks_rsp("readyz", &checks, &Query::default(), None));
         assert_eq!((s, b.as_str()), (StatusCode::OK, "degraded\n"));

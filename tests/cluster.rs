@@ -50,6 +50,33 @@ async fn healthy_cluster_is_ready_and_exports_every_node() {
         assert!(m.contains(&format!("redis_node_ping_seconds{{node=\"{}\"", n.addr())));
     }
     assert_eq!(m.matches("role=\"primary\"} 1").count(), 3, "{m}");
+
+    // A replica that dies is reported but does not fail readiness.
+    let mut cluster = cluster;
+    let replica = (0..cluster.nodes.len())
+        .find(|i| !cluster.primaries().contains(i))
+        .unwrap();
+    let replica_addr = cluster.nodes[replica].addr();
+    cluster.kill_node(replica);
+    let series = format!("redis_node_up{{node=\"{replica_addr}\",role=\"replica\"}}");
+    let want =
+        format!("[+]redis ok (1 of 6 nodes failing: replica {replica_addr} connection_refused)\n");
+    let start = std::time::Instant::now();
+    loop {
+        // The first failure may be the closed connection; then reconnects are refused.
+        let (status, body) = sidecar.get("/readyz?verbose").await;
+        assert_eq!(status, 200, "a replica failure flipped readiness:\n{body}");
+        if body.starts_with(&want) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "replica never reported down:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sample(&sidecar.metrics().await, &series), Some(0.0));
+    assert_eq!(sample(&sidecar.metrics().await, "redis_up"), Some(1.0));
     sidecar.stop().await;
 }
 
