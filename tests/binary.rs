@@ -92,6 +92,7 @@ fn wrong_password_logs_then_sigterm_exits_cleanly() {
     let server = Cluster::start(Options {
         names: CertNames::Loopback,
         cluster: false,
+        mtls: false,
     });
     let port = support::free_ports(1)[0];
     let listen = format!("127.0.0.1:{port}");

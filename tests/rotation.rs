@@ -12,6 +12,7 @@ async fn rotated_token_is_read_again_after_auth_fails() {
         Cluster::start(Options {
             names: CertNames::Loopback,
             cluster: false,
+            mtls: false,
         })
     })
     .await

@@ -30,6 +30,7 @@ async fn server_name_and_wrong_ca() {
         Cluster::start(Options {
             names: CertNames::HostOnly,
             cluster: true,
+            mtls: false,
         })
     })
     .await
@@ -81,6 +82,7 @@ async fn standalone_server() {
         Cluster::start(Options {
             names: CertNames::Loopback,
             cluster: false,
+            mtls: false,
         })
     })
     .await
@@ -112,4 +114,50 @@ async fn nothing_listening_is_connection_refused() {
     wait_reason(&sidecar, "connection_refused").await;
     assert_eq!(sidecar.get("/livez").await.0, 200);
     sidecar.stop().await;
+}
+
+/// Nodes that require a client certificate: without `REDIS_TLS_CERT_FILE` the handshake fails
+/// (`tls`), with it the server is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls() {
+    let server = tokio::task::spawn_blocking(|| {
+        Cluster::start(Options {
+            names: CertNames::Loopback,
+            cluster: false,
+            mtls: true,
+        })
+    })
+    .await
+    .unwrap();
+    let anonymous = Sidecar::start(config(&server.env())).await;
+    let body = wait_failure(&anonymous).await;
+    assert!(body.contains("[-]redis failed: tls\n"), "{body}");
+    anonymous.stop().await;
+
+    let mut env = server.env();
+    env.push((
+        "REDIS_TLS_CERT_FILE".into(),
+        server.pki.cert.display().to_string(),
+    ));
+    env.push((
+        "REDIS_TLS_KEY_FILE".into(),
+        server.pki.key.display().to_string(),
+    ));
+    let with_cert = Sidecar::start(config(&env)).await;
+    with_cert
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    with_cert.stop().await;
+}
+
+async fn wait_failure(sidecar: &Sidecar) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, body) = sidecar.get("/readyz?verbose").await;
+        if body.contains("[-]redis failed: ") && !body.contains("no check has passed yet") {
+            return body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -143,6 +143,8 @@ pub struct Options {
     pub names: CertNames,
     /// 3 primaries + 3 replicas when true; one standalone server when false.
     pub cluster: bool,
+    /// Nodes require a client certificate (`tls-auth-clients yes`).
+    pub mtls: bool,
 }
 
 impl Default for Options {
@@ -150,6 +152,7 @@ impl Default for Options {
         Options {
             names: CertNames::Loopback,
             cluster: true,
+            mtls: false,
         }
     }
 }
@@ -163,6 +166,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub password: String,
     pub names: CertNames,
+    pub mtls: bool,
     redis_server: PathBuf,
     redis_cli: PathBuf,
 }
@@ -186,6 +190,7 @@ impl Cluster {
             nodes: vec![],
             password: PASSWORD.to_string(),
             names: opts.names,
+            mtls: opts.mtls,
             redis_server,
             redis_cli,
         };
@@ -240,7 +245,7 @@ impl Cluster {
         let n = &self.nodes[i];
         let mut conf = format!(
             "bind 127.0.0.1\nport 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
-             tls-auth-clients no\ntls-replication yes\nrequirepass {pw}\nmasterauth {pw}\ndir {dir}\n\
+             tls-auth-clients {mtls}\ntls-replication yes\nrequirepass {pw}\nmasterauth {pw}\ndir {dir}\n\
              save \"\"\nappendonly no\nloglevel notice\nlogfile {dir}/redis.log\nenable-debug-command local\n",
             port = n.port,
             cert = self.pki.cert.display(),
@@ -248,6 +253,7 @@ impl Cluster {
             ca = self.pki.ca.display(),
             pw = self.password,
             dir = n.dir.display(),
+            mtls = if self.mtls { "yes" } else { "no" },
         );
         if cluster {
             conf.push_str(&format!(
@@ -294,6 +300,10 @@ impl Cluster {
         let mut cmd = Command::new(&self.redis_cli);
         cmd.args(["--tls", "--cacert"])
             .arg(&self.pki.ca)
+            .arg("--cert")
+            .arg(&self.pki.cert)
+            .arg("--key")
+            .arg(&self.pki.key)
             .args([
                 "-h",
                 "127.0.0.1",

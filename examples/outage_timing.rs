@@ -1,0 +1,66 @@
+//! Measures, with the default settings (5 s interval, 3 attempts, threshold 3, open duration
+//! 5 s doubling to 30 s), how long a full outage of a real local cluster takes to turn
+//! `/readyz` to 503, and how long after the cluster is healthy again `/readyz` returns to 200.
+//!
+//! ```text
+//! cargo run --release --example outage_timing            # one run
+//! cargo run --release --example outage_timing -- 3 60    # 3 runs, each holding the outage 60 s
+//! ```
+//!
+//! Needs `redis-server` and `redis-cli` (scripts/install-deps). The outage is held for a while
+//! so the breaker's open duration has grown, as it would in a real outage.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+async fn wait_status(sidecar: &support::Sidecar, status: u16) -> Duration {
+    let start = Instant::now();
+    while sidecar.get("/readyz").await.0 != status {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let runs = args.first().copied().unwrap_or(1);
+    let hold = Duration::from_secs(args.get(1).copied().unwrap_or(40));
+    let mut cluster =
+        tokio::task::spawn_blocking(|| support::Cluster::start(support::Options::default()))
+            .await
+            .unwrap();
+    let mut env = cluster.connection_env();
+    env.push(("PROBE_LISTEN".into(), "127.0.0.1:0".into()));
+    let sidecar = support::Sidecar::start(support::config(&env)).await;
+    let first = wait_status(&sidecar, 200).await;
+    println!("start -> ready: {first:.1?} (includes the jittered first check)");
+    for run in 1..=runs {
+        // Let the loop settle at its normal cadence before the outage.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        for i in 0..cluster.nodes.len() {
+            cluster.kill_node(i);
+        }
+        let down = wait_status(&sidecar, 503).await;
+        tokio::time::sleep(hold.saturating_sub(down)).await;
+        cluster = tokio::task::spawn_blocking(move || {
+            for i in 0..cluster.nodes.len() {
+                cluster.start_node(i);
+            }
+            cluster.wait_healthy(Duration::from_secs(120));
+            cluster
+        })
+        .await
+        .unwrap();
+        let up = wait_status(&sidecar, 200).await;
+        println!(
+            "run {run}: full outage -> 503 in {down:.1?}; cluster healthy -> 200 in {up:.1?} (outage held {hold:?})"
+        );
+    }
+    sidecar.stop().await;
+}
