@@ -457,34 +457,58 @@ impl Probe for RedisProbe {
     }
 }
 
-/// Pass when every shard with slots has a primary that answered. When every node failed for
-/// the same reason, that reason explains the failure best (a full outage, a wrong password, a
-/// wrong CA); when only some shards lack a primary, it is `no_primary`.
+/// Pass when every shard with slots has a primary that answered. The reason for a failure,
+/// most telling first:
+/// - every node failed for the same reason: that reason (a full outage, a wrong password, a
+///   wrong CA);
+/// - some shard has no node answering at all, or names no primary: `no_primary`;
+/// - otherwise a primary failed while its replicas answer (frozen, restarting, failing over):
+///   that primary's own reason (`timeout`, `connection_refused`, `connection_reset`, ...).
 fn verdict(
     topology: &Topology,
     nodes: &[NodeReport],
     topo_failure: Option<Reason>,
 ) -> Result<(), Reason> {
-    let ok = |addr: &HostPort| nodes.iter().any(|n| &n.addr == addr && n.result.is_ok());
-    let missing = topology
+    let result = |addr: &HostPort| nodes.iter().find(|n| &n.addr == addr).map(|n| n.result);
+    let failing: Vec<&topology::Shard> = topology
         .shards
         .iter()
         .filter(|s| s.slots > 0 || topology.shards.len() == 1)
-        .filter(|s| !s.primary.as_ref().is_some_and(ok))
-        .count();
-    let failed: Vec<Reason> = nodes.iter().filter_map(|n| n.result.err()).collect();
-    if missing == 0 {
+        .filter(|s| {
+            s.primary
+                .as_ref()
+                .and_then(result)
+                .is_none_or(|r| r.is_err())
+        })
+        .collect();
+    if failing.is_empty() {
         return match topo_failure {
             Some(r @ Reason::ClusterDown) => Err(r),
             _ => Ok(()),
         };
     }
-    match failed.first() {
-        Some(first) if failed.len() == nodes.len() && failed.iter().all(|r| r == first) => {
-            Err(*first)
-        }
-        _ => Err(Reason::NoPrimary),
+    let failed: Vec<Reason> = nodes.iter().filter_map(|n| n.result.err()).collect();
+    if let Some(first) = failed.first()
+        && failed.len() == nodes.len()
+        && failed.iter().all(|r| r == first)
+    {
+        return Err(*first);
     }
+    let whole_shard_down = failing.iter().any(|s| {
+        s.primary.is_none()
+            || s.nodes
+                .iter()
+                .all(|n| result(&n.addr).is_none_or(|r| r.is_err()))
+    });
+    if whole_shard_down {
+        return Err(Reason::NoPrimary);
+    }
+    let primary_reason = failing[0]
+        .primary
+        .as_ref()
+        .and_then(result)
+        .and_then(Result::err);
+    Err(primary_reason.unwrap_or(Reason::NoPrimary))
 }
 
 fn is_unknown_subcommand(e: &RedisError) -> bool {
@@ -616,6 +640,19 @@ mod tests {
             (6, Err(Reason::ConnectionRefused)),
         ]);
         assert_eq!(verdict(&topo(), &n, None), Err(Reason::NoPrimary));
+    }
+
+    #[test]
+    fn a_primary_failing_alone_reports_its_own_reason() {
+        let n = reports(&[
+            (1, Ok(())),
+            (2, Err(Reason::Timeout)),
+            (3, Ok(())),
+            (4, Ok(())),
+            (5, Ok(())),
+            (6, Ok(())),
+        ]);
+        assert_eq!(verdict(&topo(), &n, None), Err(Reason::Timeout));
     }
 
     #[test]

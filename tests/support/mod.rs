@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -328,7 +330,9 @@ impl Cluster {
             if f(self) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // Each poll runs redis-cli processes with TLS handshakes; polling faster loads the
+            // 2-core machine enough to slow the very cluster being watched.
+            std::thread::sleep(Duration::from_millis(250));
         }
         panic!("timed out after {limit:?} waiting until {what}");
     }
@@ -371,6 +375,28 @@ impl Cluster {
                 self.nodes[*i].child.is_some() && self.cli(*i, &["ROLE"]).starts_with("master")
             })
             .collect()
+    }
+
+    /// The replica of primary `p`.
+    pub fn replica_of(&self, p: usize) -> usize {
+        let port = self.nodes[p].port.to_string();
+        (0..self.nodes.len())
+            .find(|i| {
+                let role = self.cli(*i, &["ROLE"]);
+                let lines: Vec<&str> = role.lines().collect();
+                lines.first() == Some(&"slave") && lines.get(2) == Some(&port.as_str())
+            })
+            .unwrap_or_else(|| panic!("node {p} has no replica"))
+    }
+
+    /// Every running node says `cluster_state:ok`.
+    pub fn running_nodes_ok(&self) -> bool {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .all(|i| {
+                self.cli(i, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            })
     }
 
     pub fn seed(&self) -> String {
@@ -504,6 +530,9 @@ pub struct Sidecar {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Set when the sidecar is the real binary in a child process.
+    child: Option<Child>,
+    logs: std::sync::Arc<Mutex<String>>,
 }
 
 impl Sidecar {
@@ -521,7 +550,70 @@ impl Sidecar {
             addr,
             shutdown: Some(tx),
             task: Some(task),
+            child: None,
+            logs: Default::default(),
         }
+    }
+
+    /// Runs the `redis-probe` binary at `bin` with exactly `env` (plus a free `PROBE_LISTEN`),
+    /// collecting what it logs.
+    pub async fn spawn_binary(bin: &str, env: &[(String, String)]) -> Sidecar {
+        let port = free_ports(1)[0];
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .envs(env.iter().filter(|(k, _)| k != "PROBE_LISTEN").cloned())
+            .env("PROBE_LISTEN", addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let mut child = spawn_from_lasting_thread(cmd).expect("starting redis-probe");
+        let logs = std::sync::Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut l = logs.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-probe did not listen:\n{}",
+                logs.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Sidecar {
+            addr,
+            shutdown: None,
+            task: None,
+            child: Some(child),
+            logs,
+        }
+    }
+
+    /// Everything the binary has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
@@ -557,6 +649,18 @@ impl Sidecar {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                status.success(),
+                "redis-probe exited with {status:?}:\n{}",
+                self.logs()
+            );
+        }
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
         }
@@ -567,6 +671,10 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

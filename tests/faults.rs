@@ -1,0 +1,485 @@
+//! Real faults on real Redis: dropped connections, resets, failovers, frozen nodes, partial
+//! outages. Transient faults must not flip readiness; real outages must.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::proxy::ResetProxy;
+use support::{CertNames, Cluster, Options, Sidecar, config, sample};
+
+fn standalone() -> Options {
+    Options {
+        names: CertNames::Loopback,
+        cluster: false,
+        mtls: false,
+    }
+}
+
+/// Polls `/readyz` every 20 ms for `hold`, failing if it ever answers anything but 200.
+async fn stays_ready(sidecar: &Sidecar, hold: Duration) -> usize {
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < hold {
+        let (status, body) = sidecar.get("/readyz?verbose").await;
+        assert_eq!(
+            status,
+            200,
+            "readiness flipped after {:?}:\n{body}",
+            start.elapsed()
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n
+}
+
+/// "read: connection reset by peer": a proxy resets the sidecar's connections now and then.
+/// Retries absorb it; when every connection is reset, the reason is `connection_reset`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_reset_by_peer() {
+    let server = tokio::task::spawn_blocking(|| Cluster::start(standalone()))
+        .await
+        .unwrap();
+    let proxy = ResetProxy::start(server.nodes[0].addr().parse().unwrap()).await;
+    let mut env = server.env();
+    env.push(("REDIS_ADDRESS".into(), proxy.addr.to_string()));
+    let sidecar = Sidecar::start(config(&env)).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+
+    // Intermittent: reset every open connection once a second for 10 s.
+    let resets = async {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            proxy.reset_all();
+        }
+    };
+    let (_, polls) = tokio::join!(resets, stays_ready(&sidecar, Duration::from_secs(10)));
+    assert!(polls > 100);
+    let m = sidecar.metrics().await;
+    let absorbed = sample(
+        &m,
+        "redis_health_check_attempt_failures_total{reason=\"connection_reset\"}",
+    )
+    .unwrap();
+    assert!(
+        absorbed >= 5.0,
+        "resets were not labelled connection_reset:\n{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "redis_health_check_failed_total{reason=\"connection_reset\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+
+    // Persistent: every connection is reset during its handshake.
+    proxy.set_refusing(true);
+    let (_, body) = sidecar
+        .wait_status("/readyz", 503, Duration::from_secs(15))
+        .await;
+    assert!(
+        body.starts_with("[-]redis failed: connection_reset\n"),
+        "{body}"
+    );
+    proxy.set_refusing(false);
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    sidecar.stop().await;
+}
+
+/// Overrides on top of the fast test timings.
+fn env_with(cluster: &Cluster, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = cluster.env();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// The default schedule (5 s interval, 3 attempts, threshold 3), as the expectations
+/// for failovers are stated against it.
+fn default_timings(cluster: &Cluster) -> Vec<(String, String)> {
+    let mut env = cluster.connection_env();
+    env.push(("PROBE_LISTEN".into(), "127.0.0.1:0".into()));
+    env
+}
+
+/// Watches `/readyz` (must stay 200) and `/livez` (must stay 200) until `done` holds; returns the
+/// slowest `/readyz` answer seen.
+async fn ready_until(sidecar: &Sidecar, limit: Duration, done: impl Fn(&str) -> bool) -> Duration {
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    loop {
+        let t = Instant::now();
+        let (status, body) = sidecar.get("/readyz?verbose").await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(
+            status,
+            200,
+            "readiness flipped after {:?}:\n{body}",
+            start.elapsed()
+        );
+        assert_eq!(sidecar.get("/livez").await.0, 200);
+        if done(&sidecar.metrics().await) {
+            return slowest;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not met in {limit:?}:\n{body}\n{}",
+            sidecar.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn role_series(cluster: &Cluster, i: usize, role: &str) -> String {
+    format!(
+        "redis_node_up{{node=\"{}\",role=\"{role}\"}}",
+        cluster.nodes[i].addr()
+    )
+}
+
+/// `CLIENT KILL TYPE normal` on every node, every second, for 20 s: retries reconnect and
+/// absorb it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_are_absorbed() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    // The default ratio of retries to fault: 3 attempts, with backoff a few times shorter than
+    // the gap between kills (one sweep of redis-cli over 6 nodes takes a few hundred ms here).
+    let env = env_with(
+        &cluster,
+        &[("PROBE_ATTEMPTS", "3"), ("PROBE_RETRY_BACKOFF", "250ms")],
+    );
+    let sidecar = Sidecar::start(config(&env)).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let cluster = std::sync::Arc::new(cluster);
+    let killer = {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..20 {
+                let t = Instant::now();
+                for i in 0..cluster.nodes.len() {
+                    cluster.cli(i, &["CLIENT", "KILL", "TYPE", "normal"]);
+                }
+                std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
+            }
+        })
+    };
+    let watch = async {
+        while !killer.is_finished() {
+            let (status, body) = sidecar.get("/readyz").await;
+            assert_eq!(status, 200, "CLIENT KILL flipped readiness:\n{body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    watch.await;
+    let m = sidecar.metrics().await;
+    let absorbed = sample(
+        &m,
+        "redis_health_check_attempt_failures_total{reason=\"connection_closed\"}",
+    )
+    .unwrap();
+    assert!(absorbed >= 10.0, "kills not seen:\n{m}");
+    let failed: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("redis_health_check_failed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failed <= 1.0, "retries did not absorb the kills:\n{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}"
+        ),
+        Some(0.0)
+    );
+    sidecar.stop().await;
+}
+
+/// SIGKILL one primary: its replica is promoted in a few seconds; with the default schedule
+/// readiness does not flip, and the new primary shows up with role primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplanned_failover_does_not_flip() {
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let sidecar = Sidecar::start(config(&default_timings(&cluster))).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let primary = cluster.primaries()[0];
+    let replica = cluster.replica_of(primary);
+    ready_until(&sidecar, Duration::from_secs(15), |m| {
+        sample(m, &role_series(&cluster, replica, "replica")) == Some(1.0)
+    })
+    .await;
+
+    cluster.kill_node(primary);
+    let killed = Instant::now();
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_for(Duration::from_secs(30), "the replica is promoted", |c| {
+            c.cli(replica, &["ROLE"]).starts_with("master") && c.running_nodes_ok()
+        });
+        cluster
+    });
+    // Readiness holds while the cluster fails over.
+    let watch = ready_until(&sidecar, Duration::from_secs(40), |_| false);
+    let cluster = tokio::select! {
+        c = cluster => c.unwrap(),
+        _ = watch => unreachable!(),
+    };
+    let healed = Instant::now();
+    eprintln!("failover took {:?}", healed - killed);
+    // Followed within 2 intervals (5 s +20 % jitter each) of the cluster being healthy again.
+    ready_until(&sidecar, Duration::from_secs(12), |m| {
+        sample(m, &role_series(&cluster, replica, "primary")) == Some(1.0)
+    })
+    .await;
+    eprintln!(
+        "new primary exported {:?} after the cluster healed",
+        healed.elapsed()
+    );
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            "redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, &role_series(&cluster, replica, "replica")),
+        None,
+        "stale series kept:\n{m}"
+    );
+    sidecar.stop().await;
+}
+
+/// `CLUSTER FAILOVER` on a replica: no flip, roles swapped in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_failover_is_followed() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let sidecar = Sidecar::start(config(&env_with(&cluster, &[("PROBE_INTERVAL", "1s")]))).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let primary = cluster.primaries()[0];
+    let replica = cluster.replica_of(primary);
+    assert!(
+        cluster
+            .cli(replica, &["CLUSTER", "FAILOVER"])
+            .contains("OK")
+    );
+    ready_until(&sidecar, Duration::from_secs(20), |m| {
+        sample(m, &role_series(&cluster, replica, "primary")) == Some(1.0)
+            && sample(m, &role_series(&cluster, primary, "replica")) == Some(1.0)
+    })
+    .await;
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            "redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}"
+        ),
+        Some(0.0)
+    );
+    sidecar.stop().await;
+}
+
+/// A primary frozen for less than the node timeout (`DEBUG SLEEP`): attempts time out, readiness
+/// holds, and `/readyz` keeps answering at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_primary_times_out_without_flipping() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let env = env_with(
+        &cluster,
+        &[
+            ("PROBE_INTERVAL", "1s"),
+            ("PROBE_ATTEMPTS", "3"),
+            ("PROBE_RETRY_BACKOFF", "300ms"),
+        ],
+    );
+    let sidecar = Sidecar::start(config(&env)).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let primary = cluster.primaries()[0];
+    let cluster = std::sync::Arc::new(cluster);
+    let freezer = {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..4 {
+                cluster.cli(primary, &["DEBUG", "SLEEP", "1.5"]);
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    while !freezer.is_finished() {
+        let t = Instant::now();
+        let (status, body) = sidecar.get("/readyz").await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(status, 200, "a frozen primary flipped readiness:\n{body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("slowest /readyz while a primary was frozen: {slowest:?}");
+    // Far below the 500 ms attempt timeout: the handler never waited on Redis.
+    assert!(slowest < Duration::from_millis(250), "{slowest:?}");
+    let m = sidecar.metrics().await;
+    assert!(
+        sample(
+            &m,
+            "redis_health_check_attempt_failures_total{reason=\"timeout\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{m}"
+    );
+    sidecar.stop().await;
+}
+
+/// One whole shard down: `no_primary` and 503; in degraded mode 200 with the degradation shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_outage_is_no_primary() {
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let strict = Sidecar::start(config(&cluster.env())).await;
+    let degraded = Sidecar::start(config(&env_with(
+        &cluster,
+        &[("PROBE_ON_FAILURE", "degraded")],
+    )))
+    .await;
+    strict
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    degraded
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let primary = cluster.primaries()[0];
+    let replica = cluster.replica_of(primary);
+    cluster.kill_node(replica);
+    cluster.kill_node(primary);
+
+    let (_, body) = strict
+        .wait_status("/readyz", 503, Duration::from_secs(10))
+        .await;
+    assert!(
+        body.starts_with("[-]redis failed: no_primary\n")
+            || body.starts_with("[-]redis failed: cluster_down\n"),
+        "{body}"
+    );
+    let verbose = strict.get("/readyz?verbose").await.1;
+    assert!(
+        verbose.contains(&format!(
+            "primary {} connection_refused",
+            cluster.nodes[primary].addr()
+        )),
+        "{verbose}"
+    );
+
+    let start = Instant::now();
+    loop {
+        let (status, body) = degraded.get("/readyz?verbose").await;
+        assert_eq!(status, 200, "{body}");
+        if body.starts_with("[+]redis degraded: no_primary")
+            || body.starts_with("[+]redis degraded: cluster_down")
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(degraded.get("/readyz").await, (200, "degraded\n".into()));
+    let m = degraded.metrics().await;
+    assert_eq!(sample(&m, "redis_up"), Some(0.0));
+    assert_eq!(sample(&m, "redis_probe_ready"), Some(1.0));
+    assert_eq!(
+        sample(&m, &role_series(&cluster, primary, "primary")),
+        Some(0.0)
+    );
+    strict.stop().await;
+    degraded.stop().await;
+}
+
+/// A full outage through the real binary: one warning when the breaker opens (not one per
+/// failed check), the open duration grows, and the password is in no log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_outage_logs_each_change_once() {
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &cluster.env()).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    for i in 0..cluster.nodes.len() {
+        cluster.kill_node(i);
+    }
+    sidecar
+        .wait_status("/readyz", 503, Duration::from_secs(10))
+        .await;
+    // Hold the outage over several open durations (1 s doubling to 2 s).
+    let mut last_checks = 0.0;
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(8) {
+        assert_eq!(sidecar.get("/livez").await.0, 200);
+        let m = sidecar.metrics().await;
+        let checks = sample(&m, "redis_health_checks_total").unwrap();
+        assert!(checks >= last_checks, "a counter went backwards");
+        last_checks = checks;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        sample(&m, "redis_circuit_breaker_open_duration_seconds"),
+        Some(2.0),
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "redis_circuit_breaker_transitions_total{from=\"half_open\",to=\"open\"}"
+        )
+        .unwrap()
+            >= 2.0,
+        "{m}"
+    );
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        for i in 0..cluster.nodes.len() {
+            cluster.start_node(i);
+        }
+        cluster.wait_healthy(Duration::from_secs(60));
+        cluster
+    })
+    .await
+    .unwrap();
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(6))
+        .await;
+    let logs = sidecar.logs();
+    let count = |needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("circuit breaker opened"), 1, "{logs}");
+    assert_eq!(count("circuit breaker closed"), 1, "{logs}");
+    assert!(
+        count("\"msg\":\"Redis health check failed\"") <= 2,
+        "one line per change of reason:\n{logs}"
+    );
+    assert!(!logs.contains(&cluster.password), "password in logs");
+    assert!(!logs.contains("panicked"), "{logs}");
+    sidecar.stop().await;
+    drop(cluster);
+}

@@ -1,0 +1,98 @@
+//! A TCP proxy that answers with RST on demand, to reproduce "connection reset by peer" the way
+//! the seed's logs show it: `SO_LINGER 0` on close sends a reset instead of a FIN.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Forwards `127.0.0.1:port` to an upstream address.
+pub struct ResetProxy {
+    pub addr: SocketAddr,
+    refuse: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResetProxy {
+    pub async fn start(upstream: SocketAddr) -> ResetProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (generation, _) = watch::channel(0u64);
+        let (r, a, g) = (refuse.clone(), accepted.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                a.fetch_add(1, Ordering::Relaxed);
+                if r.load(Ordering::SeqCst) {
+                    reset(client);
+                    continue;
+                }
+                let mut gen_rx = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut up) = TcpStream::connect(upstream).await else {
+                        reset(client);
+                        return;
+                    };
+                    let mut client = client;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut up) => {}
+                        _ = gen_rx.changed() => {
+                            // Forget the connection, as a NAT table or an idle reaper does: the
+                            // client learns it from an RST when it next sends.
+                            drop(up);
+                            let mut byte = [0u8; 1];
+                            let _ = tokio::io::AsyncReadExt::read(&mut client, &mut byte).await;
+                            reset(client);
+                        }
+                    }
+                });
+            }
+        });
+        ResetProxy {
+            addr,
+            refuse,
+            generation,
+            accepted,
+            task,
+        }
+    }
+
+    /// Forgets every connection open now: each is reset when its client next sends, which is how
+    /// "read: connection reset by peer" reaches a client in production.
+    pub fn reset_all(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// While on, every new connection is reset right after it is accepted (during the TLS
+    /// handshake), and so is every open one.
+    pub fn set_refusing(&self, on: bool) {
+        self.refuse.store(on, Ordering::SeqCst);
+        if on {
+            self.reset_all();
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ResetProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn reset(s: TcpStream) {
+    let _ = s.set_zero_linger();
+    drop(s);
+}
