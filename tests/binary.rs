@@ -93,6 +93,7 @@ fn wrong_password_logs_then_sigterm_exits_cleanly() {
         names: CertNames::Loopback,
         cluster: false,
         mtls: false,
+        proxied: false,
     });
     let port = support::free_ports(1)[0];
     let listen = format!("127.0.0.1:{port}");

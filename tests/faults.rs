@@ -5,16 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::proxy::ResetProxy;
 use support::{CertNames, Cluster, Options, Sidecar, config, sample};
-
-fn standalone() -> Options {
-    Options {
-        names: CertNames::Loopback,
-        cluster: false,
-        mtls: false,
-    }
-}
 
 /// Polls `/readyz` every 20 ms for `hold`, failing if it ever answers anything but 200.
 async fn stays_ready(sidecar: &Sidecar, hold: Duration) -> usize {
@@ -34,26 +25,28 @@ async fn stays_ready(sidecar: &Sidecar, hold: Duration) -> usize {
     n
 }
 
-/// "read: connection reset by peer": a proxy resets the sidecar's connections now and then.
-/// Retries absorb it; when every connection is reset, the reason is `connection_reset`.
+/// "read: connection reset by peer": every node sits behind a proxy that forgets connections
+/// now and then, so the sidecar's next PING meets an RST. Retries absorb it; when every
+/// connection is reset, the reason is `connection_reset`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_reset_by_peer() {
-    let server = tokio::task::spawn_blocking(|| Cluster::start(standalone()))
+    let opts = Options {
+        proxied: true,
+        ..Options::default()
+    };
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(opts))
         .await
         .unwrap();
-    let proxy = ResetProxy::start(server.nodes[0].addr().parse().unwrap()).await;
-    let mut env = server.env();
-    env.push(("REDIS_ADDRESS".into(), proxy.addr.to_string()));
-    let sidecar = Sidecar::start(config(&env)).await;
+    let sidecar = Sidecar::start(config(&cluster.env())).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(15))
         .await;
 
-    // Intermittent: reset every open connection once a second for 10 s.
+    // Intermittent: forget every open connection once a second for 10 s.
     let resets = async {
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            proxy.reset_all();
+            cluster.proxies.iter().for_each(|p| p.reset_all());
         }
     };
     let (_, polls) = tokio::join!(resets, stays_ready(&sidecar, Duration::from_secs(10)));
@@ -77,8 +70,8 @@ async fn connection_reset_by_peer() {
         "{m}"
     );
 
-    // Persistent: every connection is reset during its handshake.
-    proxy.set_refusing(true);
+    // Persistent: every connection is reset, new ones during their handshake.
+    cluster.proxies.iter().for_each(|p| p.set_refusing(true));
     let (_, body) = sidecar
         .wait_status("/readyz", 503, Duration::from_secs(15))
         .await;
@@ -86,7 +79,7 @@ async fn connection_reset_by_peer() {
         body.starts_with("[-]redis failed: connection_reset\n"),
         "{body}"
     );
-    proxy.set_refusing(false);
+    cluster.proxies.iter().for_each(|p| p.set_refusing(false));
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(15))
         .await;

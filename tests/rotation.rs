@@ -4,22 +4,19 @@ mod support;
 
 use std::time::Duration;
 
-use support::{CertNames, Cluster, Options, Sidecar, config};
+use support::{Cluster, Options, Sidecar, config};
 
+/// The cluster's token changes (`requirepass` and `masterauth` on every node) and connections
+/// drop; the file still holds the old token, so AUTH fails. Then the mounted secret is updated:
+/// the next AUTH failure re-reads the file and the sidecar recovers on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_token_is_read_again_after_auth_fails() {
-    let server = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            names: CertNames::Loopback,
-            cluster: false,
-            mtls: false,
-        })
-    })
-    .await
-    .unwrap();
-    let token_file = server.dir.path().join("auth-token");
-    std::fs::write(&token_file, format!("{}\n", server.password)).unwrap();
-    let mut env: Vec<(String, String)> = server
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let token_file = cluster.dir.path().join("auth-token");
+    std::fs::write(&token_file, format!("{}\n", cluster.password)).unwrap();
+    let mut env: Vec<(String, String)> = cluster
         .env()
         .into_iter()
         .filter(|(k, _)| k != "REDIS_PASSWORD")
@@ -33,23 +30,42 @@ async fn rotated_token_is_read_again_after_auth_fails() {
         .wait_status("/readyz", 200, Duration::from_secs(15))
         .await;
 
-    // The server's token changes and existing connections are dropped; the file still holds the
-    // old token, so the sidecar fails with `auth`.
     let new = "r0tated-Token-2";
-    assert!(
-        server
-            .cli(0, &["CONFIG", "SET", "requirepass", new])
-            .contains("OK")
-    );
-    let mut server = server;
-    server.password = new.into();
-    server.cli(0, &["CLIENT", "KILL", "TYPE", "normal"]);
-    let (_, body) = sidecar
-        .wait_status("/readyz", 503, Duration::from_secs(15))
-        .await;
-    assert!(body.contains("[-]redis failed: auth"), "{body}");
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        for i in 0..cluster.nodes.len() {
+            assert!(
+                cluster
+                    .cli(i, &["CONFIG", "SET", "masterauth", new])
+                    .contains("OK")
+            );
+            assert!(
+                cluster
+                    .cli(i, &["CONFIG", "SET", "requirepass", new])
+                    .contains("OK")
+            );
+        }
+        cluster.password = new.into();
+        for i in 0..cluster.nodes.len() {
+            cluster.cli(i, &["CLIENT", "KILL", "TYPE", "normal"]);
+        }
+        cluster
+    })
+    .await
+    .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let body = sidecar.get("/readyz?verbose").await.1;
+        if body.starts_with("[-]redis failed: auth\n") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never failed with auth:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
-    // The secret volume is updated: the next AUTH failure re-reads the file.
     std::fs::write(&token_file, format!("{new}\n")).unwrap();
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(15))
@@ -57,4 +73,5 @@ async fn rotated_token_is_read_again_after_auth_fails() {
     let all = sidecar.get("/readyz?verbose").await.1 + &sidecar.metrics().await;
     assert!(!all.contains(new));
     sidecar.stop().await;
+    drop(cluster);
 }

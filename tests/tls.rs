@@ -31,6 +31,7 @@ async fn server_name_and_wrong_ca() {
             names: CertNames::HostOnly,
             cluster: true,
             mtls: false,
+            proxied: false,
         })
     })
     .await
@@ -83,6 +84,7 @@ async fn standalone_server() {
             names: CertNames::Loopback,
             cluster: false,
             mtls: false,
+            proxied: false,
         })
     })
     .await
@@ -125,6 +127,7 @@ async fn mutual_tls() {
             names: CertNames::Loopback,
             cluster: false,
             mtls: true,
+            proxied: false,
         })
     })
     .await

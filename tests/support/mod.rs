@@ -123,15 +123,20 @@ impl Pki {
 
 /// One `redis-server` process.
 pub struct Node {
+    /// The port `redis-server` listens on (redis-cli uses it).
     pub port: u16,
+    /// The port the cluster announces for this node: a [`proxy::ResetProxy`] in front of it
+    /// when the cluster is proxied, else `port`.
+    pub public_port: u16,
     pub bus_port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
 }
 
 impl Node {
+    /// The address clients (the sidecar) reach the node at.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.public_port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -147,6 +152,9 @@ pub struct Options {
     pub cluster: bool,
     /// Nodes require a client certificate (`tls-auth-clients yes`).
     pub mtls: bool,
+    /// Every node announces a [`proxy::ResetProxy`] in front of it, so every client connection
+    /// (the sidecar's, and replication) can be reset on demand.
+    pub proxied: bool,
 }
 
 impl Default for Options {
@@ -155,6 +163,7 @@ impl Default for Options {
             names: CertNames::Loopback,
             cluster: true,
             mtls: false,
+            proxied: false,
         }
     }
 }
@@ -169,6 +178,8 @@ pub struct Cluster {
     pub password: String,
     pub names: CertNames,
     pub mtls: bool,
+    /// One per node when proxied.
+    pub proxies: Vec<proxy::ResetProxy>,
     redis_server: PathBuf,
     redis_cli: PathBuf,
 }
@@ -193,14 +204,23 @@ impl Cluster {
             password: PASSWORD.to_string(),
             names: opts.names,
             mtls: opts.mtls,
+            proxies: vec![],
             redis_server,
             redis_cli,
         };
         for i in 0..count {
             let node_dir = c.dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
+            let port = ports[2 * i];
+            let mut public_port = port;
+            if opts.proxied {
+                let p = proxy::ResetProxy::start_sync(format!("127.0.0.1:{port}").parse().unwrap());
+                public_port = p.addr.port();
+                c.proxies.push(p);
+            }
             c.nodes.push(Node {
-                port: ports[2 * i],
+                port,
+                public_port,
                 bus_port: ports[2 * i + 1],
                 dir: node_dir,
                 child: None,
@@ -259,8 +279,9 @@ impl Cluster {
         );
         if cluster {
             conf.push_str(&format!(
-                "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\ncluster-port {}\ntls-cluster yes\n",
-                n.bus_port
+                "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\ncluster-port {}\ntls-cluster yes\n\
+                 cluster-announce-tls-port {}\n",
+                n.bus_port, n.public_port
             ));
         }
         std::fs::write(n.dir.join("redis.conf"), conf).unwrap();

@@ -19,8 +19,16 @@ pub struct ResetProxy {
 
 impl ResetProxy {
     pub async fn start(upstream: SocketAddr) -> ResetProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        Self::start_sync(upstream)
+    }
+
+    /// As [`ResetProxy::start`], from a thread inside the runtime that is not a task (e.g.
+    /// `spawn_blocking`).
+    pub fn start_sync(upstream: SocketAddr) -> ResetProxy {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let listener = TcpListener::from_std(std_listener).unwrap();
         let refuse = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
         let (generation, _) = watch::channel(0u64);
