@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{CertNames, Cluster, Options, Sidecar, config, sample};
+use support::{Cluster, Options, Sidecar, config, sample};
 
 /// Polls `/readyz` every 20 ms for `hold`, failing if it ever answers anything but 200.
 async fn stays_ready(sidecar: &Sidecar, hold: Duration) -> usize {
