@@ -632,6 +632,11 @@ impl Sidecar {
         }
     }
 
+    /// The binary's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the binary has logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
