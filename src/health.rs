@@ -191,7 +191,7 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
                     CheckReport::failed(Reason::Timeout, "attempt did not finish by its deadline")
                 }
             };
-            self.metrics.record_attempt(report.result);
+            self.metrics.record_attempt(report.result, report.cost);
             if report.result.is_ok() || attempt >= s.attempts {
                 break report;
             }
@@ -353,8 +353,7 @@ mod tests {
             }
             CheckReport {
                 result: self.last,
-                nodes: vec![],
-                detail: None,
+                ..CheckReport::passed()
             }
         }
     }

@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::breaker::{self, State};
-use crate::probe::{NodeReport, Reason};
+use crate::probe::{Cost, NodeReport, Reason};
 
 /// `Content-Type` of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -85,6 +85,8 @@ pub struct Metrics {
     pub breaker_open_duration: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     pub last_check: Gauge<f64, AtomicU64>,
+    pub dials: Counter,
+    pub commands: Counter,
     /// The node label sets currently exported, to remove stale ones.
     nodes: Mutex<HashSet<NodeLabels>>,
 }
@@ -108,6 +110,8 @@ impl Metrics {
             breaker_open_duration: Gauge::default(),
             ready: Gauge::default(),
             last_check: Gauge::default(),
+            dials: Counter::default(),
+            commands: Counter::default(),
             nodes: Mutex::new(HashSet::new()),
             registry: Registry::default(),
         };
@@ -177,6 +181,16 @@ impl Metrics {
                 Unit::Seconds,
                 m.last_check.clone(),
             );
+            r.register(
+                "connection_attempts",
+                "Connections to Redis nodes the probe tried to open (TCP, TLS and AUTH when the node is up)",
+                m.dials.clone(),
+            );
+            r.register(
+                "commands",
+                "Commands the probe sent to Redis (PING, CLUSTER SHARDS, CLUSTER INFO)",
+                m.commands.clone(),
+            );
             let build: Family<VersionLabel, Gauge> = Family::default();
             build
                 .get_or_create(&VersionLabel {
@@ -224,7 +238,9 @@ impl Metrics {
         self.set_breaker_state(t.to);
     }
 
-    pub fn record_attempt(&self, result: Result<(), Reason>) {
+    pub fn record_attempt(&self, result: Result<(), Reason>, cost: Cost) {
+        self.dials.inc_by(u64::from(cost.dials));
+        self.commands.inc_by(u64::from(cost.commands));
         match result {
             Ok(()) => {
                 self.attempts

@@ -50,6 +50,16 @@ async fn healthy_cluster_is_ready_and_exports_every_node() {
         assert!(m.contains(&format!("redis_node_ping_seconds{{node=\"{}\"", n.addr())));
     }
     assert_eq!(m.matches("role=\"primary\"} 1").count(), 3, "{m}");
+    // Connections are kept: one per node, made once.
+    let mut m = m;
+    while sample(&m, "redis_health_checks_total").unwrap() < 3.0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = sidecar.metrics().await;
+    }
+    let checks = sample(&m, "redis_health_checks_total").unwrap();
+    assert_eq!(sample(&m, "redis_probe_connection_attempts_total"), Some(6.0), "{m}");
+    // 6 PINGs and one pipelined topology read (2 commands) per check.
+    assert_eq!(sample(&m, "redis_probe_commands_total"), Some(8.0 * checks), "{m}");
 
     // A replica that dies is reported but does not fail readiness.
     let mut cluster = cluster;

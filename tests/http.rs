@@ -32,11 +32,7 @@ impl Probe for Switch {
         let mode = *self.0.borrow();
         async move {
             match mode {
-                Mode::Pass => CheckReport {
-                    result: Ok(()),
-                    nodes: vec![],
-                    detail: None,
-                },
+                Mode::Pass => CheckReport::passed(),
                 Mode::Fail => CheckReport::failed(Reason::ConnectionReset, "reset"),
                 Mode::Hang => {
                     tokio::time::sleep_until(deadline + Duration::from_secs(3600)).await;

@@ -26,6 +26,7 @@ pub mod topology;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -57,14 +58,36 @@ pub struct CheckReport {
     pub nodes: Vec<NodeReport>,
     /// One line of detail for logs when the check failed: never the password, never a label.
     pub detail: Option<String>,
+    /// What the attempt cost Redis.
+    pub cost: Cost,
+}
+
+/// Work an attempt caused on the Redis side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cost {
+    /// Connections the probe tried to open (each a TCP connect, TLS handshake and AUTH when the
+    /// node is up).
+    pub dials: u32,
+    /// Commands sent over open connections (PING, CLUSTER SHARDS, CLUSTER INFO).
+    pub commands: u32,
 }
 
 impl CheckReport {
+    pub fn passed() -> Self {
+        CheckReport {
+            result: Ok(()),
+            nodes: vec![],
+            detail: None,
+            cost: Cost::default(),
+        }
+    }
+
     pub fn failed(reason: Reason, detail: impl Into<String>) -> Self {
         CheckReport {
             result: Err(reason),
             nodes: vec![],
             detail: Some(detail.into()),
+            cost: Cost::default(),
         }
     }
 }
@@ -96,6 +119,9 @@ pub struct RedisProbe {
     topology: Option<Topology>,
     /// Set when a server rejected `CLUSTER SHARDS` (Redis 6).
     use_cluster_slots: bool,
+    /// This attempt's cost so far; concurrent PINGs add to it through `&self`.
+    dials: AtomicU32,
+    commands: AtomicU32,
 }
 
 impl RedisProbe {
@@ -119,6 +145,8 @@ impl RedisProbe {
             conns: HashMap::new(),
             topology: None,
             use_cluster_slots: false,
+            dials: AtomicU32::new(0),
+            commands: AtomicU32::new(0),
         })
     }
 
@@ -188,6 +216,7 @@ impl RedisProbe {
             return Ok(c.clone());
         }
         let (client, config) = self.node_client(addr).map_err(Failure::redis)?;
+        self.dials.fetch_add(1, Ordering::Relaxed);
         match timeout_at(
             deadline,
             client.get_multiplexed_async_connection_with_config(&config),
@@ -209,6 +238,7 @@ impl RedisProbe {
         let started = Instant::now();
         let outcome = async {
             let mut conn = self.connection(&addr, deadline).await?;
+            self.commands.fetch_add(1, Ordering::Relaxed);
             match timeout_at(
                 deadline,
                 redis::cmd("PING").query_async::<String>(&mut conn),
@@ -269,6 +299,7 @@ impl RedisProbe {
                     continue;
                 }
             };
+            self.commands.fetch_add(2, Ordering::Relaxed);
             let shards_cmd = if self.use_cluster_slots {
                 "SLOTS"
             } else {
@@ -376,9 +407,21 @@ impl RedisProbe {
         }
     }
 
-    /// Runs one attempt, bounded by `deadline`: PING the known nodes, read the topology from
-    /// one that answered (the seeds only when none did), then PING any node the topology added.
+    /// Runs one attempt, bounded by `deadline`, and reports what it cost Redis.
     pub async fn run_check(&mut self, deadline: Instant) -> CheckReport {
+        self.dials.store(0, Ordering::Relaxed);
+        self.commands.store(0, Ordering::Relaxed);
+        let mut report = self.attempt(deadline).await;
+        report.cost = Cost {
+            dials: self.dials.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+        };
+        report
+    }
+
+    /// PING the known nodes, read the topology from one that answered (the seeds only when none
+    /// did), then PING any node the topology added.
+    async fn attempt(&mut self, deadline: Instant) -> CheckReport {
         let mut details = vec![];
         let known: Vec<(HostPort, Role)> = self
             .topology
@@ -447,6 +490,7 @@ impl RedisProbe {
             result,
             nodes,
             detail: (!details.is_empty()).then(|| details.join("; ")),
+            cost: Cost::default(),
         }
     }
 }
