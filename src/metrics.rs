@@ -87,6 +87,7 @@ pub struct Metrics {
     pub last_check: Gauge<f64, AtomicU64>,
     pub dials: Counter,
     pub commands: Counter,
+    pub connections: Gauge,
     /// The node label sets currently exported, to remove stale ones.
     nodes: Mutex<HashSet<NodeLabels>>,
 }
@@ -112,6 +113,7 @@ impl Metrics {
             last_check: Gauge::default(),
             dials: Counter::default(),
             commands: Counter::default(),
+            connections: Gauge::default(),
             nodes: Mutex::new(HashSet::new()),
             registry: Registry::default(),
         };
@@ -191,6 +193,11 @@ impl Metrics {
                 "Commands the probe sent to Redis (PING, CLUSTER SHARDS, CLUSTER INFO)",
                 m.commands.clone(),
             );
+            r.register(
+                "connections",
+                "Connections to Redis nodes the probe holds open",
+                m.connections.clone(),
+            );
             let build: Family<VersionLabel, Gauge> = Family::default();
             build
                 .get_or_create(&VersionLabel {
@@ -241,6 +248,7 @@ impl Metrics {
     pub fn record_attempt(&self, result: Result<(), Reason>, cost: Cost) {
         self.dials.inc_by(u64::from(cost.dials));
         self.commands.inc_by(u64::from(cost.commands));
+        self.connections.set(i64::from(cost.held));
         match result {
             Ok(()) => {
                 self.attempts

@@ -57,9 +57,18 @@ async fn healthy_cluster_is_ready_and_exports_every_node() {
         m = sidecar.metrics().await;
     }
     let checks = sample(&m, "redis_health_checks_total").unwrap();
-    assert_eq!(sample(&m, "redis_probe_connection_attempts_total"), Some(6.0), "{m}");
+    assert_eq!(
+        sample(&m, "redis_probe_connection_attempts_total"),
+        Some(6.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "redis_probe_connections"), Some(6.0), "{m}");
     // 6 PINGs and one pipelined topology read (2 commands) per check.
-    assert_eq!(sample(&m, "redis_probe_commands_total"), Some(8.0 * checks), "{m}");
+    assert_eq!(
+        sample(&m, "redis_probe_commands_total"),
+        Some(8.0 * checks),
+        "{m}"
+    );
 
     // A replica that dies is reported but does not fail readiness.
     let mut cluster = cluster;

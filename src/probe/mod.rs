@@ -70,6 +70,8 @@ pub struct Cost {
     pub dials: u32,
     /// Commands sent over open connections (PING, CLUSTER SHARDS, CLUSTER INFO).
     pub commands: u32,
+    /// Connections held open after the attempt.
+    pub held: u32,
 }
 
 impl CheckReport {
@@ -415,6 +417,7 @@ impl RedisProbe {
         report.cost = Cost {
             dials: self.dials.load(Ordering::Relaxed),
             commands: self.commands.load(Ordering::Relaxed),
+            held: self.conns.len() as u32,
         };
         report
     }
