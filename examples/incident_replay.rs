@@ -192,6 +192,7 @@ async fn main() {
     phases.push(finish(p, counters(&sidecar).await, &logs));
     poller.abort();
 
+    let m = sidecar.metrics().await;
     let tl = timeline.lock().unwrap();
     let outage_window = (outage, phases[2].end);
     let unready_in = |from: Instant, to: Instant| {
@@ -201,7 +202,6 @@ async fn main() {
             .count()
     };
     let false_unready = unready_in(phases[0].start, outage_window.0);
-    let m = sidecar.metrics().await;
 
     println!();
     println!(
