@@ -110,6 +110,13 @@ pub const PROBE_OPEN_DURATION_MAX: Key = key(
     Some("30s"),
 );
 pub const PROBE_ON_FAILURE: Key = key("PROBE_ON_FAILURE", "probe.on_failure", Some("unready"));
+pub const PROBE_INFO_INTERVAL: Key =
+    key("PROBE_INFO_INTERVAL", "cluster.info_interval", Some("30s"));
+pub const PROBE_MAXCLIENTS: Key = key("PROBE_MAXCLIENTS", "cluster.maxclients", Some("65000"));
+pub const PROBE_EXPECTED_SHARDS: Key =
+    key("PROBE_EXPECTED_SHARDS", "cluster.expected_shards", None);
+pub const PROBE_POOL_INTERVAL: Key = key("PROBE_POOL_INTERVAL", "pool.interval", Some("5s"));
+pub const PROBE_POOL_MAX_CONNS: Key = key("PROBE_POOL_MAX_CONNS", "pool.max_conns", None);
 pub const PROBE_LOG_FORMAT: Key = key("PROBE_LOG_FORMAT", "log.format", Some("json"));
 pub const PROBE_LOG_LEVEL: Key = key("PROBE_LOG_LEVEL", "log.level", Some("info"));
 
@@ -147,6 +154,11 @@ pub const KEYS: &[Key] = &[
     PROBE_OPEN_DURATION,
     PROBE_OPEN_DURATION_MAX,
     PROBE_ON_FAILURE,
+    PROBE_INFO_INTERVAL,
+    PROBE_MAXCLIENTS,
+    PROBE_EXPECTED_SHARDS,
+    PROBE_POOL_INTERVAL,
+    PROBE_POOL_MAX_CONNS,
     PROBE_LOG_FORMAT,
     PROBE_LOG_LEVEL,
 ];
@@ -311,6 +323,21 @@ pub struct ProbeConfig {
     pub on_failure: OnFailure,
 }
 
+/// The server-side view (INFO, CLUSTER INFO) and the pod's own connection count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObserveConfig {
+    /// How often INFO and CLUSTER INFO are read (slower than PING: they are bigger replies).
+    pub info_interval: Duration,
+    /// maxclients to assume when the server does not tell (ElastiCache disables CONFIG).
+    pub maxclients: u64,
+    /// Shards the cluster should have, for drift alerts.
+    pub expected_shards: Option<u32>,
+    /// How often the pod's sockets are counted from /proc/net/tcp.
+    pub pool_interval: Duration,
+    /// Overrides the computed pool ceiling of the pod.
+    pub pool_max_conns: Option<u32>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -328,6 +355,7 @@ pub struct LogConfig {
 pub struct Config {
     pub redis: RedisConfig,
     pub probe: ProbeConfig,
+    pub observe: ObserveConfig,
     pub listen: SocketAddr,
     pub log: LogConfig,
     /// Settings that are valid but probably not what was meant; logged at start.
@@ -919,6 +947,11 @@ fn read(r: &mut Reader<'_>) -> Option<Config> {
                 None
             }
         });
+    let info_interval = r.positive_duration(PROBE_INFO_INTERVAL);
+    let maxclients = r.count(PROBE_MAXCLIENTS);
+    let expected_shards = r.get::<u32>(PROBE_EXPECTED_SHARDS);
+    let pool_interval = r.positive_duration(PROBE_POOL_INTERVAL);
+    let pool_max_conns = r.get::<u32>(PROBE_POOL_MAX_CONNS);
     let format = r
         .get::<String>(PROBE_LOG_FORMAT)
         .and_then(|s| match s.as_str() {
@@ -976,6 +1009,13 @@ fn read(r: &mut Reader<'_>) -> Option<Config> {
             open_duration: open_duration?,
             open_duration_max: open_duration_max?,
             on_failure: on_failure?,
+        },
+        observe: ObserveConfig {
+            info_interval: info_interval?,
+            maxclients: u64::from(maxclients?),
+            expected_shards,
+            pool_interval: pool_interval?,
+            pool_max_conns,
         },
         listen: listen?,
         log: LogConfig {

@@ -114,6 +114,9 @@ pub struct HealthLoop<P, J> {
     /// The last check's failure reason and per-node results, to log changes only.
     last_logged: Option<Reason>,
     last_nodes: Vec<(String, &'static str, Option<Reason>)>,
+    /// INFO / CLUSTER INFO cadence and the maxclients to assume; `None` to skip.
+    info: Option<(Duration, u64)>,
+    next_info: Instant,
 }
 
 // === impl HealthLoop ===
@@ -143,8 +146,37 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             tx,
             last_logged: None,
             last_nodes: vec![],
+            info: None,
+            next_info: Instant::now(),
         };
         (me, rx)
+    }
+
+    /// Also reads INFO and CLUSTER INFO every `interval` (jittered), after a check; the first
+    /// read follows the first check, so the server-side metrics never start as fake zeros for
+    /// long.
+    pub fn with_info(mut self, interval: Duration, maxclients: u64) -> Self {
+        self.info = Some((interval, maxclients));
+        self
+    }
+
+    async fn maybe_read_info(&mut self) {
+        let Some((interval, maxclients)) = self.info else {
+            return;
+        };
+        if Instant::now() < self.next_info {
+            return;
+        }
+        let deadline = Instant::now() + self.schedule.attempt_timeout;
+        if let Ok(Some(report)) = tokio::time::timeout_at(
+            deadline + Duration::from_millis(50),
+            self.probe.info(deadline),
+        )
+        .await
+        {
+            self.metrics.record_info(&report, maxclients);
+        }
+        self.next_info = Instant::now() + self.jitter.spread(interval, self.schedule.jitter);
     }
 
     /// Runs until the task is dropped.
@@ -168,6 +200,7 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
                 None => Instant::now() + self.jitter.spread(s.interval, s.jitter),
             };
             self.publish(report, wake);
+            self.maybe_read_info().await;
             sleep_until(wake).await;
         }
     }

@@ -11,6 +11,7 @@
 //! - [`health`]: the background loop that runs checks, feeds the breaker and metrics, and
 //!   publishes a [`health::Health`] snapshot on a `watch` channel.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`pool`]: the pod's connections to Redis, counted from `/proc/net/tcp` on its own cadence.
 //! - [`server`]: hyper handlers that read the snapshot; no request waits on Redis.
 //! - [`logging`]: JSON (`ts`, `level`, `msg`) or text log lines.
 //!
@@ -21,6 +22,7 @@ pub mod config;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod pool;
 pub mod probe;
 pub mod schedule;
 pub mod server;
@@ -52,7 +54,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     install_crypto_provider();
-    let metrics = Arc::new(Metrics::new());
+    let pool_available = std::path::Path::new("/proc/net/tcp").exists();
+    if !pool_available {
+        tracing::warn!(
+            "/proc/net/tcp not found: the pod's connection counts (redis_pool_*) are not exported"
+        );
+    }
+    let metrics = Arc::new(Metrics::with_options(metrics::Options {
+        expected_shards: config.observe.expected_shards,
+        pool: pool_available,
+        pool_ceiling: pool_available
+            && (config.redis.app_pool.size.is_some() || config.observe.pool_max_conns.is_some()),
+    }));
     let probe = RedisProbe::new(&config.redis)?;
     let (health_loop, health) = HealthLoop::new(
         probe,
@@ -62,6 +75,15 @@ pub async fn run(
         metrics.clone(),
         config.probe.on_failure,
     );
+    let health_loop =
+        health_loop.with_info(config.observe.info_interval, config.observe.maxclients);
+    let pool_task = pool_available.then(|| {
+        tokio::spawn(pool::watch(
+            health.clone(),
+            metrics.clone(),
+            pool::Settings::from_config(config),
+        ))
+    });
     let task = tokio::spawn(health_loop.run());
     let state = AppState::new(health, metrics, config.probe.on_failure);
     let draining = state.clone();
@@ -71,5 +93,8 @@ pub async fn run(
     })
     .await;
     task.abort();
+    if let Some(t) = pool_task {
+        t.abort();
+    }
     Ok(())
 }

@@ -44,6 +44,16 @@ pub struct NodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
 }
@@ -90,12 +100,60 @@ pub struct Metrics {
     pub connections: Gauge,
     /// The node label sets currently exported, to remove stale ones.
     nodes: Mutex<HashSet<NodeLabels>>,
+    pub server: ServerMetrics,
+    pub pool: PoolMetrics,
+    pub parse_errors: Family<SourceLabel, Counter>,
+}
+
+/// The server-side view, from INFO and CLUSTER INFO (names as redis_exporter's where it has
+/// them, so existing dashboards fit).
+#[derive(Default)]
+pub struct ServerMetrics {
+    pub connected_clients: Family<NodeLabel, Gauge>,
+    pub max_clients: Family<NodeLabel, Gauge>,
+    pub rejected_connections: Family<NodeLabel, Counter>,
+    pub connections_received: Family<NodeLabel, Counter>,
+    pub cluster_state: Gauge,
+    pub slots_assigned: Gauge,
+    pub slots_ok: Gauge,
+    pub slots_pfail: Gauge,
+    pub slots_fail: Gauge,
+    pub known_nodes: Gauge,
+    pub cluster_size: Gauge,
+    pub expected_shards: Gauge,
+    nodes: Mutex<HashSet<String>>,
+}
+
+/// The pod's connections to the cluster, counted from /proc/net/tcp.
+#[derive(Default)]
+pub struct PoolMetrics {
+    pub current_conns: Gauge,
+    pub node_conns: Family<NodeLabel, Gauge>,
+    pub max_conns: Gauge,
+    pub max_conns_per_node: Gauge,
+    nodes: Mutex<HashSet<String>>,
+}
+
+/// Which optional metrics exist: a metric that would only ever say 0 is not exported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `PROBE_EXPECTED_SHARDS` is set.
+    pub expected_shards: Option<u32>,
+    /// `/proc/net/tcp` exists, so the pod's connections can be counted.
+    pub pool: bool,
+    /// The pod's ceiling is known (`REDIS_POOL_SIZE` or `PROBE_POOL_MAX_CONNS`).
+    pub pool_ceiling: bool,
 }
 
 // === impl Metrics ===
 
 impl Metrics {
+    /// The core metrics only.
     pub fn new() -> Self {
+        Self::with_options(Options::default())
+    }
+
+    pub fn with_options(opts: Options) -> Self {
         let mut registry = Registry::default();
         let m = Metrics {
             checks: Counter::default(),
@@ -115,6 +173,9 @@ impl Metrics {
             commands: Counter::default(),
             connections: Gauge::default(),
             nodes: Mutex::new(HashSet::new()),
+            server: ServerMetrics::default(),
+            pool: PoolMetrics::default(),
+            parse_errors: Family::default(),
             registry: Registry::default(),
         };
         {
@@ -205,6 +266,107 @@ impl Metrics {
                 })
                 .set(1);
             r.register("build_info", "Always 1; the version is a label", build);
+        }
+        {
+            let r = registry.sub_registry_with_prefix("redis");
+            let sm = &m.server;
+            r.register(
+                "connected_clients",
+                "Clients connected to the node (INFO clients)",
+                sm.connected_clients.clone(),
+            );
+            r.register(
+                "max_clients",
+                "The node's maxclients (INFO; CONFIG GET; else PROBE_MAXCLIENTS)",
+                sm.max_clients.clone(),
+            );
+            r.register(
+                "rejected_connections",
+                "Connections the node rejected for maxclients (INFO stats)",
+                sm.rejected_connections.clone(),
+            );
+            r.register(
+                "connections_received",
+                "Connections the node accepted since it started (INFO stats)",
+                sm.connections_received.clone(),
+            );
+            r.register(
+                "cluster_state",
+                "1 when CLUSTER INFO says cluster_state:ok",
+                sm.cluster_state.clone(),
+            );
+            r.register(
+                "cluster_slots_assigned",
+                "Slots assigned to a shard",
+                sm.slots_assigned.clone(),
+            );
+            r.register(
+                "cluster_slots_ok",
+                "Slots served by a healthy primary",
+                sm.slots_ok.clone(),
+            );
+            r.register(
+                "cluster_slots_pfail",
+                "Slots whose primary is suspected down",
+                sm.slots_pfail.clone(),
+            );
+            r.register(
+                "cluster_slots_fail",
+                "Slots whose primary is down",
+                sm.slots_fail.clone(),
+            );
+            r.register(
+                "cluster_known_nodes",
+                "Nodes the cluster knows",
+                sm.known_nodes.clone(),
+            );
+            r.register(
+                "cluster_size",
+                "Shards serving at least one slot",
+                sm.cluster_size.clone(),
+            );
+            if let Some(n) = opts.expected_shards {
+                sm.expected_shards.set(i64::from(n));
+                r.register(
+                    "cluster_expected_shards",
+                    "Shards the cluster should have (PROBE_EXPECTED_SHARDS)",
+                    sm.expected_shards.clone(),
+                );
+            }
+            if opts.pool {
+                let pm = &m.pool;
+                r.register(
+                    "pool_current_conns",
+                    "The pod's established connections to the cluster's nodes, the sidecar's own excluded",
+                    pm.current_conns.clone(),
+                );
+                r.register(
+                    "pool_node_conns",
+                    "The pod's established connections to each node",
+                    pm.node_conns.clone(),
+                );
+            }
+            if opts.pool_ceiling {
+                let pm = &m.pool;
+                r.register(
+                    "pool_max_conns",
+                    "The pod's connection ceiling: REDIS_POOL_SIZE x nodes the app may use (or PROBE_POOL_MAX_CONNS)",
+                    pm.max_conns.clone(),
+                );
+                r.register(
+                    "pool_max_conns_per_node",
+                    "The pod's ceiling per node (REDIS_POOL_SIZE: go-redis sizes a cluster pool per node)",
+                    pm.max_conns_per_node.clone(),
+                );
+            }
+        }
+        registry.sub_registry_with_prefix("redis_probe").register(
+            "parse_errors",
+            "Lines of INFO replies or /proc/net/tcp that did not parse",
+            m.parse_errors.clone(),
+        );
+        for source in ["info", "proc_net_tcp"] {
+            let _ = m.parse_errors.get_or_create(&SourceLabel { source });
         }
         for reason in Reason::ALL {
             let _ = m.check_failures.get_or_create(&ReasonLabel {
@@ -318,6 +480,92 @@ impl Metrics {
             }
         }
         *known = current;
+    }
+
+    /// Records what INFO and CLUSTER INFO said; nodes that did not answer keep no series.
+    pub fn record_info(&self, report: &crate::probe::InfoReport, maxclients_fallback: u64) {
+        let sm = &self.server;
+        let mut current = HashSet::new();
+        for (addr, _, info) in &report.nodes {
+            let node = NodeLabel {
+                node: addr.to_string(),
+            };
+            if let Some(v) = info.connected_clients {
+                sm.connected_clients.get_or_create(&node).set(v as i64);
+            }
+            sm.max_clients
+                .get_or_create(&node)
+                .set(info.maxclients.unwrap_or(maxclients_fallback) as i64);
+            // Counters mirror the server's own totals (a restart of the node resets them, which
+            // Prometheus' rate() handles).
+            if let Some(v) = info.rejected_connections {
+                sm.rejected_connections
+                    .get_or_create(&node)
+                    .inner()
+                    .store(v, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(v) = info.total_connections_received {
+                sm.connections_received
+                    .get_or_create(&node)
+                    .inner()
+                    .store(v, std::sync::atomic::Ordering::Relaxed);
+            }
+            current.insert(node.node);
+        }
+        let mut known = sm.nodes.lock().expect("metrics lock");
+        for stale in known.difference(&current) {
+            let l = NodeLabel {
+                node: stale.clone(),
+            };
+            sm.connected_clients.remove(&l);
+            sm.max_clients.remove(&l);
+            sm.rejected_connections.remove(&l);
+            sm.connections_received.remove(&l);
+        }
+        *known = current;
+        if let Some(c) = report.cluster {
+            let set = |g: &Gauge, v: Option<u64>| {
+                if let Some(v) = v {
+                    g.set(v as i64);
+                }
+            };
+            set(&sm.cluster_state, c.state_ok.map(u64::from));
+            set(&sm.slots_assigned, c.slots_assigned);
+            set(&sm.slots_ok, c.slots_ok);
+            set(&sm.slots_pfail, c.slots_pfail);
+            set(&sm.slots_fail, c.slots_fail);
+            set(&sm.known_nodes, c.known_nodes);
+            set(&sm.cluster_size, c.size);
+        }
+        self.parse_errors
+            .get_or_create(&SourceLabel { source: "info" })
+            .inc_by(u64::from(report.parse_errors));
+        self.dials.inc_by(u64::from(report.cost.dials));
+        self.commands.inc_by(u64::from(report.cost.commands));
+    }
+
+    /// Records the pod's connection counts per node.
+    pub fn record_pool(&self, per_node: &[(String, u64)], ceiling: Option<(u64, u64)>) {
+        let pm = &self.pool;
+        pm.current_conns
+            .set(per_node.iter().map(|(_, n)| *n as i64).sum());
+        let current: HashSet<String> = per_node.iter().map(|(n, _)| n.clone()).collect();
+        let mut known = pm.nodes.lock().expect("metrics lock");
+        for stale in known.difference(&current) {
+            pm.node_conns.remove(&NodeLabel {
+                node: stale.clone(),
+            });
+        }
+        for (node, n) in per_node {
+            pm.node_conns
+                .get_or_create(&NodeLabel { node: node.clone() })
+                .set(*n as i64);
+        }
+        *known = current;
+        if let Some((max, per_node_max)) = ceiling {
+            pm.max_conns.set(max as i64);
+            pm.max_conns_per_node.set(per_node_max as i64);
+        }
     }
 
     /// OpenMetrics text.

@@ -21,6 +21,7 @@
 //! With `REDIS_PASSWORD_FILE`, an AUTH failure re-reads the file; a changed token drops every
 //! connection so the next attempt authenticates with it.
 
+pub mod info;
 pub mod reason;
 pub mod topology;
 
@@ -99,6 +100,25 @@ impl CheckReport {
 pub trait Probe: Send + 'static {
     /// Runs one attempt; must return by `deadline`.
     fn check(&mut self, deadline: Instant) -> impl Future<Output = CheckReport> + Send;
+
+    /// Reads the server-side view (INFO, CLUSTER INFO); must return by `deadline`.
+    fn info(&mut self, _deadline: Instant) -> impl Future<Output = Option<InfoReport>> + Send {
+        async { None }
+    }
+}
+
+/// The server-side view of the cluster, read on a slower cadence than PING.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InfoReport {
+    /// Nodes that answered `INFO`.
+    pub nodes: Vec<(HostPort, Role, info::NodeInfo)>,
+    /// `CLUSTER INFO` of one primary (cluster mode only).
+    pub cluster: Option<info::ClusterInfo>,
+    /// Shards in the topology (with slots), as this probe sees them.
+    pub shards: usize,
+    /// Lines of INFO-style replies that did not parse.
+    pub parse_errors: u32,
+    pub cost: Cost,
 }
 
 /// Connection settings shared by every node.
@@ -422,6 +442,88 @@ impl RedisProbe {
         report
     }
 
+    /// Reads `INFO clients stats` from every node with an open connection (and `maxclients`
+    /// with `CONFIG GET` where INFO lacks it and CONFIG is allowed), and `CLUSTER INFO` from one
+    /// primary. Opens no new connection: nodes the check could not reach are skipped.
+    pub async fn collect_info(&mut self, deadline: Instant) -> InfoReport {
+        let Some(topology) = self.topology.clone() else {
+            return InfoReport::default();
+        };
+        let nodes: Vec<(HostPort, Role, MultiplexedConnection)> = topology
+            .nodes()
+            .filter_map(|n| Some((n.addr.clone(), n.role, self.conns.get(&n.addr)?.clone())))
+            .collect();
+        let commands = AtomicU32::new(0);
+        let reads = nodes.iter().map(|(addr, role, conn)| {
+            let mut conn = conn.clone();
+            let commands = &commands;
+            async move {
+                commands.fetch_add(1, Ordering::Relaxed);
+                let text = timeout_at(
+                    deadline,
+                    redis::cmd("INFO")
+                        .arg("clients")
+                        .arg("stats")
+                        .query_async::<String>(&mut conn),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                let (mut info, errors) = info::NodeInfo::parse(&text);
+                if info.maxclients.is_none() {
+                    commands.fetch_add(1, Ordering::Relaxed);
+                    let reply = timeout_at(
+                        deadline,
+                        redis::cmd("CONFIG")
+                            .arg("GET")
+                            .arg("maxclients")
+                            .query_async::<Vec<String>>(&mut conn),
+                    )
+                    .await;
+                    info.maxclients = match reply {
+                        Ok(Ok(kv)) => kv.get(1).and_then(|v| v.parse().ok()),
+                        _ => None,
+                    };
+                }
+                Some((addr.clone(), *role, info, errors))
+            }
+        });
+        let mut report = InfoReport {
+            shards: topology.shards.iter().filter(|s| s.slots > 0).count(),
+            ..Default::default()
+        };
+        for (addr, role, info, errors) in join_all(reads).await.into_iter().flatten() {
+            report.parse_errors += errors;
+            report.nodes.push((addr, role, info));
+        }
+        if self.settings.cluster_mode
+            && let Some((_, _, conn)) = nodes.iter().find(|(a, r, _)| {
+                *r == Role::Primary && report.nodes.iter().any(|(n, _, _)| n == a)
+            })
+        {
+            let mut conn = conn.clone();
+            commands.fetch_add(1, Ordering::Relaxed);
+            if let Ok(Ok(text)) = timeout_at(
+                deadline,
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async::<String>(&mut conn),
+            )
+            .await
+            {
+                let (c, errors) = info::ClusterInfo::parse(&text);
+                report.parse_errors += errors;
+                report.cluster = Some(c);
+            }
+        }
+        report.cost = Cost {
+            dials: 0,
+            commands: commands.into_inner(),
+            held: self.conns.len() as u32,
+        };
+        report
+    }
+
     /// PING the known nodes, read the topology from one that answered (the seeds only when none
     /// did), then PING any node the topology added.
     async fn attempt(&mut self, deadline: Instant) -> CheckReport {
@@ -501,6 +603,10 @@ impl RedisProbe {
 impl Probe for RedisProbe {
     fn check(&mut self, deadline: Instant) -> impl Future<Output = CheckReport> + Send {
         self.run_check(deadline)
+    }
+
+    fn info(&mut self, deadline: Instant) -> impl Future<Output = Option<InfoReport>> + Send {
+        async move { Some(self.collect_info(deadline).await) }
     }
 }
 

@@ -1,0 +1,329 @@
+//! The pod's connections to Redis, seen from its network namespace.
+//!
+//! Containers of a pod share one network namespace, so `/proc/net/tcp` and `/proc/net/tcp6`
+//! list the application's sockets as well as the sidecar's. Counting the established ones whose
+//! remote end is a cluster node gives the application's pool usage without touching the
+//! application; the sidecar's own sockets (found through `/proc/self/fd`) are left out.
+//!
+//! The ceiling follows go-redis: a cluster client's `PoolSize` applies **per node**, so a pod
+//! may open `REDIS_POOL_SIZE` connections to every node it talks to: the primaries, or every
+//! node when `REDIS_READ_ONLY` or `REDIS_ROUTE_BY_LATENCY` lets reads go to replicas.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+/// TCP state `ESTABLISHED` in `/proc/net/tcp`.
+const ESTABLISHED: &str = "01";
+
+/// One socket line of `/proc/net/tcp{,6}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub established: bool,
+    pub inode: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed /proc/net/tcp line: {0}")]
+pub struct ParseError(&'static str);
+
+/// Parses the text of `/proc/net/tcp` or `/proc/net/tcp6` (the header line is skipped). Bad
+/// lines are returned as errors alongside the good ones, never a panic.
+pub fn parse_proc_net_tcp(text: &str) -> (Vec<Socket>, usize) {
+    let mut sockets = vec![];
+    let mut errors = 0;
+    for line in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        match parse_line(line) {
+            Ok(s) => sockets.push(s),
+            Err(_) => errors += 1,
+        }
+    }
+    (sockets, errors)
+}
+
+fn parse_line(line: &str) -> Result<Socket, ParseError> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 10 {
+        return Err(ParseError("too few fields"));
+    }
+    Ok(Socket {
+        local: parse_addr(f[1])?,
+        remote: parse_addr(f[2])?,
+        established: f[3] == ESTABLISHED,
+        inode: f[9].parse().map_err(|_| ParseError("inode"))?,
+    })
+}
+
+/// `0100007F:1A0B` (IPv4) or 32 hex digits `:port` (IPv6). The kernel prints each 32-bit word
+/// in host byte order (little-endian on the machines this runs on).
+fn parse_addr(s: &str) -> Result<SocketAddr, ParseError> {
+    let (ip, port) = s.split_once(':').ok_or(ParseError("address"))?;
+    let port = u16::from_str_radix(port, 16).map_err(|_| ParseError("port"))?;
+    // Each 32-bit word of the address as the kernel holds it in memory.
+    let word = |hex: &str| {
+        u32::from_str_radix(hex, 16)
+            .map(u32::to_ne_bytes)
+            .map_err(|_| ParseError("address"))
+    };
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(ip)?)),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+                chunk.copy_from_slice(&word(&ip[i * 8..i * 8 + 8])?);
+            }
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+        _ => return Err(ParseError("address length")),
+    };
+    Ok(SocketAddr::new(canonical(ip), port))
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) as plain IPv4, so one node matches both.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Socket inodes the current process holds (`/proc/self/fd/* -> socket:[inode]`).
+pub fn own_socket_inodes(fd_dir: &Path) -> HashSet<u64> {
+    let Ok(entries) = std::fs::read_dir(fd_dir) else {
+        return HashSet::new();
+    };
+    entries
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// Established connections to each node, leaving out the sockets in `exclude`.
+pub fn count_by_node(
+    sockets: &[Socket],
+    nodes: &[SocketAddr],
+    exclude: &HashSet<u64>,
+) -> HashMap<SocketAddr, u64> {
+    let mut counts: HashMap<SocketAddr, u64> =
+        nodes.iter().map(|n| (canonical_addr(*n), 0)).collect();
+    for s in sockets
+        .iter()
+        .filter(|s| s.established && !exclude.contains(&s.inode))
+    {
+        if let Some(c) = counts.get_mut(&s.remote) {
+            *c += 1;
+        }
+    }
+    counts
+}
+
+fn canonical_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(a.ip()), a.port())
+}
+
+/// Reads both tables of the current network namespace. `None` when `/proc/net/tcp` does not
+/// exist (not Linux).
+pub fn read_sockets(proc_net: &Path) -> Option<(Vec<Socket>, usize)> {
+    let v4 = std::fs::read_to_string(proc_net.join("tcp")).ok()?;
+    let (mut sockets, mut errors) = parse_proc_net_tcp(&v4);
+    if let Ok(v6) = std::fs::read_to_string(proc_net.join("tcp6")) {
+        let (s6, e6) = parse_proc_net_tcp(&v6);
+        sockets.extend(s6);
+        errors += e6;
+    }
+    Some((sockets, errors))
+}
+
+/// The pod's ceiling: `pool_size` per node the application may use.
+pub fn max_conns(pool_size: u64, primaries: u64, all_nodes: u64, reads_from_replicas: bool) -> u64 {
+    pool_size
+        * if reads_from_replicas {
+            all_nodes
+        } else {
+            primaries
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:C350 0100007F:1A0B 01 00000000:00000000 00:00000000 00000000  1000        0 1002 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:C351 0100007F:1A0B 01 00000000:00000000 00:00000000 00000000  1000        0 1003 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:C352 0100007F:1A0C 06 00000000:00000000 00:00000000 00000000  1000        0 0 1 0000000000000000 20 4 30 10 -1
+   4: 0A00000A:C353 0B00000A:18EB 01 00000000:00000000 00:00000000 00000000  1000        0 1004 1 0000000000000000 20 4 30 10 -1
+";
+
+    #[test]
+    fn parses_ipv4_lines() {
+        let (s, errors) = parse_proc_net_tcp(TCP);
+        assert_eq!(errors, 0);
+        assert_eq!(s.len(), 5);
+        assert_eq!(s[0].local, "127.0.0.1:8080".parse().unwrap());
+        assert!(!s[0].established);
+        assert_eq!(s[1].remote, "127.0.0.1:6667".parse().unwrap());
+        assert!(s[1].established);
+        assert_eq!(s[1].inode, 1002);
+        assert_eq!(s[4].remote, "10.0.0.11:6379".parse().unwrap());
+    }
+
+    #[test]
+    fn parses_ipv6_and_mapped_ipv4() {
+        let text = "header\n   0: 00000000000000000000000001000000:1F90 0000000000000000FFFF00000100007F:1A0B 01 0:0 0:0 0 0 0 77 1\n";
+        let (s, errors) = parse_proc_net_tcp(text);
+        assert_eq!(errors, 0);
+        assert_eq!(s[0].local.ip(), "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            s[0].remote,
+            "127.0.0.1:6667".parse().unwrap(),
+            "mapped IPv4 becomes IPv4"
+        );
+    }
+
+    #[test]
+    fn malformed_lines_are_counted_not_fatal() {
+        let text = "header\n garbage\n   0: 0100007F:ZZZZ 0100007F:1A0B 01 0 0 0 0 0 5 1\n   1: 0100007F:1F90 0100007F:1A0B 01 0 0 0 0 0 x 1\n   2: 0100007F:1F90 01007F:1A0B 01 0 0 0 0 0 9 1\n";
+        let (s, errors) = parse_proc_net_tcp(text);
+        assert!(s.is_empty());
+        assert_eq!(errors, 4);
+    }
+
+    #[test]
+    fn counts_established_to_nodes_excluding_own() {
+        let (s, _) = parse_proc_net_tcp(TCP);
+        let nodes: Vec<SocketAddr> = vec![
+            "127.0.0.1:6667".parse().unwrap(),
+            "127.0.0.1:6668".parse().unwrap(),
+        ];
+        let counts = count_by_node(&s, &nodes, &HashSet::new());
+        assert_eq!(counts[&nodes[0]], 2);
+        assert_eq!(counts[&nodes[1]], 0, "TIME_WAIT is not a connection");
+        let counts = count_by_node(&s, &nodes, &HashSet::from([1002]));
+        assert_eq!(counts[&nodes[0]], 1);
+    }
+
+    #[test]
+    fn ceiling_follows_go_redis() {
+        // The seed: 1000 per node, 3 primaries, reads from replicas: 6 nodes.
+        assert_eq!(max_conns(1000, 3, 6, true), 6000);
+        assert_eq!(max_conns(1000, 3, 6, false), 3000);
+    }
+
+    #[test]
+    fn own_inodes_of_this_process() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let own = own_socket_inodes(Path::new("/proc/self/fd"));
+        assert!(!own.is_empty());
+        drop(listener);
+    }
+}
+
+/// What the pool watcher needs from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub interval: std::time::Duration,
+    /// `REDIS_POOL_SIZE`: the app's pool per node.
+    pub pool_size: Option<u32>,
+    /// `PROBE_POOL_MAX_CONNS`: overrides the computed ceiling.
+    pub max_override: Option<u32>,
+    /// `REDIS_READ_ONLY` or `REDIS_ROUTE_BY_LATENCY`: the app also connects to replicas.
+    pub reads_from_replicas: bool,
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Settings {
+            interval: c.observe.pool_interval,
+            pool_size: c.redis.app_pool.size,
+            max_override: c.observe.pool_max_conns,
+            reads_from_replicas: c.redis.app_pool.read_only || c.redis.app_pool.route_by_latency,
+        }
+    }
+
+    /// `(pod ceiling, per-node ceiling)` for the topology, when known.
+    fn ceiling(&self, primaries: u64, all: u64) -> Option<(u64, u64)> {
+        let used = if self.reads_from_replicas {
+            all
+        } else {
+            primaries
+        };
+        match (self.max_override, self.pool_size) {
+            (Some(max), Some(size)) => Some((u64::from(max), u64::from(size))),
+            (Some(max), None) => Some((u64::from(max), u64::from(max) / used.max(1))),
+            (None, Some(size)) => Some((
+                max_conns(u64::from(size), primaries, all, self.reads_from_replicas),
+                u64::from(size),
+            )),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Counts the pod's connections to the nodes the health loop last saw, every
+/// `settings.interval`, off the request path. Runs until the task is dropped.
+pub async fn watch(
+    health: crate::health::Rx,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    settings: Settings,
+) {
+    let proc_net = Path::new("/proc/net");
+    loop {
+        let nodes: Vec<(crate::config::HostPort, crate::probe::Role)> = health
+            .borrow()
+            .nodes
+            .iter()
+            .map(|n| (n.addr.clone(), n.role))
+            .collect();
+        if !nodes.is_empty()
+            && let Some((sockets, errors)) = read_sockets(proc_net)
+        {
+            let own = own_socket_inodes(Path::new("/proc/self/fd"));
+            let mut resolved: Vec<(String, Vec<SocketAddr>)> = Vec::with_capacity(nodes.len());
+            for (addr, _) in &nodes {
+                let ips: Vec<SocketAddr> = match addr.host.parse::<IpAddr>() {
+                    Ok(ip) => vec![SocketAddr::new(ip, addr.port)],
+                    Err(_) => tokio::net::lookup_host((addr.host.as_str(), addr.port))
+                        .await
+                        .map(|a| a.collect())
+                        .unwrap_or_default(),
+                };
+                resolved.push((addr.to_string(), ips));
+            }
+            let all: Vec<SocketAddr> = resolved
+                .iter()
+                .flat_map(|(_, ips)| ips.iter().copied())
+                .collect();
+            let counts = count_by_node(&sockets, &all, &own);
+            let per_node: Vec<(String, u64)> = resolved
+                .iter()
+                .map(|(node, ips)| {
+                    (
+                        node.clone(),
+                        ips.iter()
+                            .map(|ip| counts.get(&canonical_addr(*ip)).copied().unwrap_or(0))
+                            .sum(),
+                    )
+                })
+                .collect();
+            let primaries = nodes
+                .iter()
+                .filter(|(_, r)| *r == crate::probe::Role::Primary)
+                .count() as u64;
+            metrics.record_pool(&per_node, settings.ceiling(primaries, nodes.len() as u64));
+            metrics
+                .parse_errors
+                .get_or_create(&crate::metrics::SourceLabel {
+                    source: "proc_net_tcp",
+                })
+                .inc_by(errors as u64);
+        }
+        tokio::time::sleep(settings.interval).await;
+    }
+}

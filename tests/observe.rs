@@ -1,0 +1,241 @@
+//! Connection budget and cluster observability against a real cluster: the pod's connections
+//! counted from /proc/net/tcp, INFO and CLUSTER INFO metrics following reality.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Cluster, Options, Sidecar, sample};
+
+async fn wait_metric(
+    sidecar: &Sidecar,
+    series: &str,
+    want: impl Fn(f64) -> bool,
+    limit: Duration,
+) -> f64 {
+    let start = Instant::now();
+    loop {
+        let m = sidecar.metrics().await;
+        if let Some(v) = sample(&m, series)
+            && want(v)
+        {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{series} never as expected:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Opens `n` TLS + AUTH connections from this process, spread over the cluster's nodes.
+async fn open_connections(cluster: &Cluster, n: usize) -> Vec<redis::aio::MultiplexedConnection> {
+    redis_probe::install_crypto_provider();
+    let ca = std::fs::read(&cluster.pki.ca).unwrap();
+    let mut conns = vec![];
+    for i in 0..n {
+        let node = &cluster.nodes[i % cluster.nodes.len()];
+        let addr = redis::ConnectionAddr::TcpTls {
+            host: "127.0.0.1".into(),
+            port: node.public_port,
+            insecure: false,
+            tls_params: None,
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(addr)
+            .unwrap()
+            .set_redis_settings(
+                redis::RedisConnectionInfo::default().set_password(&cluster.password),
+            );
+        let client = redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        )
+        .unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+        conns.push(c);
+    }
+    conns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_usage_is_counted_from_the_pods_sockets() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let mut env = cluster.env();
+    env.extend(
+        [
+            ("REDIS_POOL_SIZE", "10"),
+            ("PROBE_POOL_INTERVAL", "200ms"),
+            ("PROBE_INFO_INTERVAL", "500ms"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    // A separate process, as a sidecar is: this test's own connections are "the app's".
+    let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+
+    // go-redis: 10 per node x 3 primaries (no replica reads).
+    assert_eq!(
+        wait_metric(
+            &sidecar,
+            "redis_pool_max_conns",
+            |v| v > 0.0,
+            Duration::from_secs(5)
+        )
+        .await,
+        30.0
+    );
+    let m = sidecar.metrics().await;
+    assert_eq!(sample(&m, "redis_pool_max_conns_per_node"), Some(10.0));
+    // On this machine the replicas' replication links are "the pod's" too: take them as the
+    // baseline. The sidecar's own 6 connections are never counted.
+    let baseline = wait_metric(
+        &sidecar,
+        "redis_pool_current_conns",
+        |v| v >= 0.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        baseline < 6.0,
+        "the sidecar's own connections were counted: {baseline}"
+    );
+
+    let conns = open_connections(&cluster, 7).await;
+    wait_metric(
+        &sidecar,
+        "redis_pool_current_conns",
+        |v| v == baseline + 7.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let m = sidecar.metrics().await;
+    let node0 = format!(
+        "redis_pool_node_conns{{node=\"{}\"}}",
+        cluster.nodes[0].addr()
+    );
+    assert!(sample(&m, &node0).unwrap() >= 2.0, "{m}");
+    drop(conns);
+    wait_metric(
+        &sidecar,
+        "redis_pool_current_conns",
+        |v| v == baseline,
+        Duration::from_secs(5),
+    )
+    .await;
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_and_cluster_info_follow_the_cluster() {
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let mut env = cluster.env();
+    env.extend(
+        [
+            ("PROBE_INFO_INTERVAL", "300ms"),
+            ("PROBE_EXPECTED_SHARDS", "5"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let sidecar = Sidecar::start(support::config(&env)).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    wait_metric(
+        &sidecar,
+        "redis_cluster_slots_ok",
+        |v| v == 16384.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let m = sidecar.metrics().await;
+    assert_eq!(sample(&m, "redis_cluster_state"), Some(1.0));
+    assert_eq!(sample(&m, "redis_cluster_size"), Some(3.0));
+    assert_eq!(sample(&m, "redis_cluster_known_nodes"), Some(6.0));
+    assert_eq!(
+        sample(&m, "redis_cluster_expected_shards"),
+        Some(5.0),
+        "drift: 5 declared, 3 live"
+    );
+    for n in &cluster.nodes {
+        let node = format!("{{node=\"{}\"}}", n.addr());
+        assert!(
+            sample(&m, &format!("redis_connected_clients{node}")).unwrap() >= 1.0,
+            "{m}"
+        );
+        assert_eq!(
+            sample(&m, &format!("redis_max_clients{node}")),
+            Some(10000.0),
+            "{m}"
+        );
+        assert!(
+            sample(&m, &format!("redis_connections_received_total{node}")).unwrap() >= 1.0,
+            "{m}"
+        );
+        assert!(
+            sample(&m, &format!("redis_rejected_connections_total{node}")).is_some(),
+            "{m}"
+        );
+    }
+    assert_eq!(
+        sample(&m, "redis_probe_parse_errors_total{source=\"info\"}"),
+        Some(0.0)
+    );
+
+    // More clients on a node show up in connected_clients.
+    let node0 = format!(
+        "redis_connected_clients{{node=\"{}\"}}",
+        cluster.nodes[0].addr()
+    );
+    let before = sample(&m, &node0).unwrap();
+    let conns = open_connections(&cluster, 12).await; // 2 per node
+    wait_metric(
+        &sidecar,
+        &node0,
+        |v| v >= before + 2.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    drop(conns);
+
+    // Remove a shard's coverage: its slots fail and the cluster state goes down.
+    let primary = cluster.primaries()[0];
+    let replica = cluster.replica_of(primary);
+    cluster.kill_node(primary);
+    cluster.kill_node(replica);
+    wait_metric(
+        &sidecar,
+        "redis_cluster_slots_fail",
+        |v| v > 0.0,
+        Duration::from_secs(15),
+    )
+    .await;
+    wait_metric(
+        &sidecar,
+        "redis_cluster_state",
+        |v| v == 0.0,
+        Duration::from_secs(15),
+    )
+    .await;
+    let m = sidecar.metrics().await;
+    assert!(sample(&m, "redis_cluster_slots_ok").unwrap() < 16384.0);
+    assert_eq!(
+        sample(
+            &m,
+            &format!(
+                "redis_connected_clients{{node=\"{}\"}}",
+                cluster.nodes[primary].addr()
+            )
+        ),
+        None,
+        "{m}"
+    );
+    sidecar.stop().await;
+}
