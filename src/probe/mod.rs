@@ -605,8 +605,8 @@ impl Probe for RedisProbe {
         self.run_check(deadline)
     }
 
-    fn info(&mut self, deadline: Instant) -> impl Future<Output = Option<InfoReport>> + Send {
-        async move { Some(self.collect_info(deadline).await) }
+    async fn info(&mut self, deadline: Instant) -> Option<InfoReport> {
+        Some(self.collect_info(deadline).await)
     }
 }
 
