@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example incident_replay              # 3 min of resets, then the rest
 //! cargo run --release --example incident_replay -- 60        # 60 s of resets
+//! cargo run --release --example incident_replay -- 60 --print-logs   # and every log line
 //! ```
 //!
 //! Timeline:
@@ -83,6 +84,7 @@ async fn wait_status(sidecar: &support::Sidecar, status: u16) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    let print_logs = std::env::args().any(|a| a == "--print-logs");
     let reset_secs: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -250,5 +252,11 @@ async fn main() {
         "| connections held at the end | {} |",
         support::sample(&m, "redis_probe_connections").unwrap_or(0.0)
     );
+    if print_logs {
+        println!();
+        for line in logs.0.lock().unwrap().iter() {
+            println!("{line}");
+        }
+    }
     drop(cluster);
 }

@@ -1,0 +1,159 @@
+//! The alert rules and the dashboard: promtool checks and tests them, every metric they use is
+//! one redis-probe exports, and the prometheus-operator copy matches the plain rules file.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use redis_probe::config::HostPort;
+use redis_probe::metrics::{Metrics, Options};
+use redis_probe::probe::info::{ClusterInfo, NodeInfo};
+use redis_probe::probe::{InfoReport, NodeReport, Role};
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/monitoring");
+
+fn promtool(args: &[&str]) {
+    let promtool = support::require("promtool");
+    let out = Command::new(promtool)
+        .args(args)
+        .current_dir(DIR)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rules_pass_promtool_check_and_unit_tests() {
+    promtool(&["check", "rules", "redis-probe.rules.yaml"]);
+    promtool(&["test", "rules", "redis-probe.rules.test.yaml"]);
+}
+
+#[test]
+fn prometheusrule_is_generated_from_the_rules_file() {
+    let rules = std::fs::read_to_string(Path::new(DIR).join("redis-probe.rules.yaml")).unwrap();
+    let crd = std::fs::read_to_string(Path::new(DIR).join("prometheusrule.yaml")).unwrap();
+    let (_, spec) = crd.split_once("\nspec:\n").expect("a spec section");
+    let expected: String = rules
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("  {l}\n")
+            }
+        })
+        .collect();
+    assert_eq!(spec, expected, "run scripts/gen-prometheusrule");
+}
+
+/// Every metric name redis-probe can export, with series in every family.
+fn exported_names() -> BTreeSet<String> {
+    let m = Metrics::with_options(Options {
+        expected_shards: Some(3),
+        pool: true,
+        pool_ceiling: true,
+    });
+    let node = HostPort {
+        host: "10.0.0.1".into(),
+        port: 6379,
+    };
+    m.record_check(
+        Ok(()),
+        0.01,
+        &[NodeReport {
+            addr: node.clone(),
+            role: Role::Primary,
+            result: Ok(Duration::from_millis(1)),
+        }],
+        0.0,
+    );
+    let info = NodeInfo {
+        connected_clients: Some(1),
+        maxclients: Some(2),
+        rejected_connections: Some(0),
+        total_connections_received: Some(3),
+    };
+    let report = InfoReport {
+        nodes: vec![(node.clone(), Role::Primary, info)],
+        cluster: Some(ClusterInfo::default()),
+        ..Default::default()
+    };
+    m.record_info(&report, 65000);
+    m.record_pool(&[(node.to_string(), 1)], Some((10, 10)));
+    let mut text = String::new();
+    m.encode_prometheus(&mut text);
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+/// Metric names (`redis_...`) used in a text of PromQL.
+fn used_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("redis_") {
+        let start = i + pos;
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |e| start + e);
+        if boundary {
+            out.insert(text[start..end].to_string());
+        }
+        i = end;
+    }
+    out
+}
+
+#[test]
+fn rules_and_dashboard_use_only_exported_metrics() {
+    let exported = exported_names();
+    assert!(
+        exported.contains("redis_pool_current_conns")
+            && exported.contains("redis_cluster_expected_shards")
+    );
+    let rules = std::fs::read_to_string(Path::new(DIR).join("redis-probe.rules.yaml")).unwrap();
+    let rule_exprs: String = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(DIR).join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut dash_exprs = String::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            dash_exprs.push_str(t["expr"].as_str().unwrap());
+            dash_exprs.push('\n');
+        }
+    }
+    dash_exprs.push_str(
+        dashboard["templating"]["list"][1]["query"]
+            .as_str()
+            .unwrap(),
+    );
+    for (what, text) in [("rules", rule_exprs), ("dashboard", dash_exprs)] {
+        let used = used_names(&text);
+        assert!(used.len() >= 8, "{what}: {used:?}");
+        for name in used {
+            assert!(
+                exported.contains(&name),
+                "{what} uses {name}, which redis-probe does not export"
+            );
+        }
+    }
+}
