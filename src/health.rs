@@ -113,7 +113,7 @@ pub struct HealthLoop<P, J> {
     tx: watch::Sender<Health>,
     /// The last check's failure reason and per-node results, to log changes only.
     last_logged: Option<Reason>,
-    last_nodes: Vec<(String, &'static str, Option<Reason>)>,
+    last_nodes: Vec<NodeLog>,
     /// INFO / CLUSTER INFO cadence and the maxclients to assume; `None` to skip.
     info: Option<(Duration, u64)>,
     next_info: Instant,
@@ -307,7 +307,8 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
         }
     }
 
-    /// One line when the check's failure reason changes, and one per node whose status changed.
+    /// One line when the check's failure reason changes; one when a node joins, leaves, changes
+    /// role, stays down for two checks, or answers again after that.
     fn log_changes(&mut self, report: &CheckReport) {
         let reason = report.result.err();
         if reason != self.last_logged {
@@ -328,38 +329,65 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             }
             self.last_logged = reason;
         }
-        let nodes: Vec<(String, &'static str, Option<Reason>)> = report
-            .nodes
-            .iter()
-            .map(|n| (n.addr.to_string(), n.role.as_str(), n.result.err()))
-            .collect();
-        if nodes.is_empty() {
+        if report.nodes.is_empty() {
             return;
         }
-        for (addr, role, r) in &nodes {
-            let before = self.last_nodes.iter().find(|(a, _, _)| a == addr);
-            match (before, r) {
-                (None, _) if self.last_nodes.is_empty() => {}
-                (None, _) => tracing::info!(node = %addr, role, "node joined the topology"),
-                (Some((_, old_role, _)), _) if old_role != role => {
-                    tracing::info!(node = %addr, from = *old_role, to = *role, "node changed role")
+        let first = self.last_nodes.is_empty();
+        let mut nodes = Vec::with_capacity(report.nodes.len());
+        for n in &report.nodes {
+            let addr = n.addr.to_string();
+            let role = n.role.as_str();
+            let before = self.last_nodes.iter().find(|b| b.addr == addr);
+            let mut log = before.cloned().unwrap_or(NodeLog {
+                addr: addr.clone(),
+                role,
+                failed_checks: 0,
+                down_logged: false,
+            });
+            match before {
+                None if !first => tracing::info!(node = %addr, role, "node joined the topology"),
+                Some(b) if b.role != role => {
+                    tracing::info!(node = %addr, from = b.role, to = role, "node changed role")
                 }
-                (Some((_, _, old)), new) if old != new => match new {
-                    Some(r) => {
-                        tracing::warn!(node = %addr, role, reason = r.as_str(), "node not answering")
-                    }
-                    None => tracing::info!(node = %addr, role, "node answering again"),
-                },
                 _ => {}
             }
+            log.role = role;
+            match n.result {
+                // One failed check is often a connection the network dropped; a node that fails
+                // two checks in a row is down.
+                Err(r) => {
+                    log.failed_checks += 1;
+                    if log.failed_checks >= 2 && !log.down_logged {
+                        tracing::warn!(node = %addr, role, reason = r.as_str(), "node not answering");
+                        log.down_logged = true;
+                    }
+                }
+                Ok(_) => {
+                    if log.down_logged {
+                        tracing::info!(node = %addr, role, "node answering again");
+                    }
+                    log.failed_checks = 0;
+                    log.down_logged = false;
+                }
+            }
+            nodes.push(log);
         }
-        for (addr, role, _) in &self.last_nodes {
-            if !nodes.iter().any(|(a, _, _)| a == addr) {
-                tracing::info!(node = %addr, role = *role, "node left the topology");
+        for b in &self.last_nodes {
+            if !nodes.iter().any(|n| n.addr == b.addr) {
+                tracing::info!(node = %b.addr, role = b.role, "node left the topology");
             }
         }
         self.last_nodes = nodes;
     }
+}
+
+/// What was last logged about one node.
+#[derive(Debug, Clone)]
+struct NodeLog {
+    addr: String,
+    role: &'static str,
+    failed_checks: u32,
+    down_logged: bool,
 }
 
 #[cfg(test)]

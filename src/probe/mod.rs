@@ -311,7 +311,7 @@ impl RedisProbe {
         let tls = self.settings.tls.is_some();
         let mut last = Failure {
             reason: Reason::Other,
-            detail: "no address to ask for the topology".into(),
+            detail: "no node answered to give the topology".into(),
         };
         for addr in candidates {
             let mut conn = match self.connection(&addr, deadline).await {
