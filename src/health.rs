@@ -333,6 +333,8 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             return;
         }
         let first = self.last_nodes.is_empty();
+        // When every node fails, the check's own line says it all.
+        let all_failed = report.nodes.iter().all(|n| n.result.is_err());
         let mut nodes = Vec::with_capacity(report.nodes.len());
         for n in &report.nodes {
             let addr = n.addr.to_string();
@@ -357,7 +359,7 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
                 // two checks in a row is down.
                 Err(r) => {
                     log.failed_checks += 1;
-                    if log.failed_checks >= 2 && !log.down_logged {
+                    if log.failed_checks >= 2 && !log.down_logged && !all_failed {
                         tracing::warn!(node = %addr, role, reason = r.as_str(), "node not answering");
                         log.down_logged = true;
                     }
