@@ -11,7 +11,10 @@ async fn healthy_cluster_is_ready_and_exports_every_node() {
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
-    let sidecar = Sidecar::start(config(&cluster.env())).await;
+    let mut env = cluster.env();
+    // One INFO read (after the first check), so the command count below is exact.
+    env.push(("PROBE_INFO_INTERVAL".into(), "1h".into()));
+    let sidecar = Sidecar::start(config(&env)).await;
 
     assert_eq!(sidecar.get("/livez").await, (200, "ok\n".into()));
     sidecar
@@ -63,10 +66,11 @@ async fn healthy_cluster_is_ready_and_exports_every_node() {
         "{m}"
     );
     assert_eq!(sample(&m, "redis_probe_connections"), Some(6.0), "{m}");
-    // 6 PINGs and one pipelined topology read (2 commands) per check.
+    // 6 PINGs and one pipelined topology read (2 commands) per check, and one INFO read:
+    // INFO on each node and CLUSTER INFO on one primary.
     assert_eq!(
         sample(&m, "redis_probe_commands_total"),
-        Some(8.0 * checks),
+        Some(8.0 * checks + 7.0),
         "{m}"
     );
 
