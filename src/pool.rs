@@ -103,40 +103,52 @@ pub fn own_socket_inodes(fd_dir: &Path) -> HashSet<u64> {
         .collect()
 }
 
-/// Established connections to each node, leaving out the sockets in `exclude`.
-pub fn count_by_node(
-    sockets: &[Socket],
-    nodes: &[SocketAddr],
-    exclude: &HashSet<u64>,
-) -> HashMap<SocketAddr, u64> {
-    let mut counts: HashMap<SocketAddr, u64> =
-        nodes.iter().map(|n| (canonical_addr(*n), 0)).collect();
-    for s in sockets
-        .iter()
-        .filter(|s| s.established && !exclude.contains(&s.inode))
-    {
-        if let Some(c) = counts.get_mut(&s.remote) {
-            *c += 1;
-        }
-    }
-    counts
-}
-
 fn canonical_addr(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(canonical(a.ip()), a.port())
 }
 
-/// Reads both tables of the current network namespace. `None` when `/proc/net/tcp` does not
-/// exist (not Linux).
-pub fn read_sockets(proc_net: &Path) -> Option<(Vec<Socket>, usize)> {
-    let v4 = std::fs::read_to_string(proc_net.join("tcp")).ok()?;
-    let (mut sockets, mut errors) = parse_proc_net_tcp(&v4);
-    if let Ok(v6) = std::fs::read_to_string(proc_net.join("tcp6")) {
-        let (s6, e6) = parse_proc_net_tcp(&v6);
-        sockets.extend(s6);
-        errors += e6;
+/// Counts established connections to `nodes` in both tables of the current network namespace,
+/// line by line: a pod with thousands of sockets costs no more memory than one with ten.
+/// `None` when `/proc/net/tcp` does not exist (not Linux).
+pub fn count_in_namespace(
+    proc_net: &Path,
+    nodes: &[SocketAddr],
+    exclude: &HashSet<u64>,
+) -> Option<(HashMap<SocketAddr, u64>, usize)> {
+    use std::io::BufRead;
+    let mut counts: HashMap<SocketAddr, u64> =
+        nodes.iter().map(|n| (canonical_addr(*n), 0)).collect();
+    let mut errors = 0;
+    for (i, table) in ["tcp", "tcp6"].iter().enumerate() {
+        let file = match std::fs::File::open(proc_net.join(table)) {
+            Ok(f) => f,
+            Err(_) if i > 0 => continue,
+            Err(_) => return None,
+        };
+        let mut line = String::new();
+        let mut reader = std::io::BufReader::new(file);
+        let mut header = true;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if std::mem::take(&mut header) || line.trim().is_empty() {
+                continue;
+            }
+            match parse_line(&line) {
+                Ok(s) if s.established && !exclude.contains(&s.inode) => {
+                    if let Some(c) = counts.get_mut(&s.remote) {
+                        *c += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => errors += 1,
+            }
+        }
     }
-    Some((sockets, errors))
+    Some((counts, errors))
 }
 
 /// The pod's ceiling: `pool_size` per node the application may use.
@@ -196,17 +208,23 @@ mod tests {
     }
 
     #[test]
-    fn counts_established_to_nodes_excluding_own() {
-        let (s, _) = parse_proc_net_tcp(TCP);
-        let nodes: Vec<SocketAddr> = vec![
-            "127.0.0.1:6667".parse().unwrap(),
-            "127.0.0.1:6668".parse().unwrap(),
-        ];
-        let counts = count_by_node(&s, &nodes, &HashSet::new());
-        assert_eq!(counts[&nodes[0]], 2);
-        assert_eq!(counts[&nodes[1]], 0, "TIME_WAIT is not a connection");
-        let counts = count_by_node(&s, &nodes, &HashSet::from([1002]));
-        assert_eq!(counts[&nodes[0]], 1);
+    fn streams_both_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tcp"), TCP).unwrap();
+        std::fs::write(
+            dir.path().join("tcp6"),
+            "header\n   0: 0000000000000000FFFF00000100007F:C360 0000000000000000FFFF00000100007F:1A0B 01 0:0 0:0 0 0 0 2001 1\n bad\n",
+        )
+        .unwrap();
+        let node: SocketAddr = "127.0.0.1:6667".parse().unwrap();
+        let (counts, errors) =
+            count_in_namespace(dir.path(), &[node], &HashSet::from([1003])).unwrap();
+        assert_eq!(
+            counts[&node], 2,
+            "1002 over IPv4 and 2001 over IPv6; 1003 is our own"
+        );
+        assert_eq!(errors, 1);
+        assert!(count_in_namespace(&dir.path().join("nope"), &[node], &HashSet::new()).is_none());
     }
 
     #[test]
@@ -281,9 +299,7 @@ pub async fn watch(
             .iter()
             .map(|n| (n.addr.clone(), n.role))
             .collect();
-        if !nodes.is_empty()
-            && let Some((sockets, errors)) = read_sockets(proc_net)
-        {
+        if !nodes.is_empty() {
             let own = own_socket_inodes(Path::new("/proc/self/fd"));
             let mut resolved: Vec<(String, Vec<SocketAddr>)> = Vec::with_capacity(nodes.len());
             for (addr, _) in &nodes {
@@ -300,7 +316,9 @@ pub async fn watch(
                 .iter()
                 .flat_map(|(_, ips)| ips.iter().copied())
                 .collect();
-            let counts = count_by_node(&sockets, &all, &own);
+            let Some((counts, errors)) = count_in_namespace(proc_net, &all, &own) else {
+                return;
+            };
             let per_node: Vec<(String, u64)> = resolved
                 .iter()
                 .map(|(node, ips)| {

@@ -71,6 +71,9 @@ async fn thousand_reconnects_keep_rss_and_fds_flat() {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        if cycle % 100 == 0 {
+            eprintln!("cycle {cycle}: RSS {} KiB, fds {}", rss_kib(pid), fds(pid));
+        }
         if cycle == 100 {
             warm = (rss_kib(pid), fds(pid));
         }
