@@ -57,12 +57,12 @@ async fn main() {
         return;
     }
 
-    // The process environment (PROBE_LISTEN, PROBE_INTERVAL, ...) over the cluster's settings.
+    // examples/local-cluster.toml, under the cluster's address, CA and password, under the
+    // process environment (PROBE_LISTEN, PROBE_INTERVAL, ...).
     let mut vars: Vec<(String, String)> = cluster.connection_env();
-    vars.push(("PROBE_LISTEN".into(), "127.0.0.1:8081".into()));
-    vars.push(("PROBE_LOG_FORMAT".into(), "text".into()));
     vars.extend(std::env::vars().filter(|(k, _)| k.starts_with("PROBE_")));
-    let config = match Config::from_sources(&vars.into_iter().collect::<EnvVars>(), None) {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local-cluster.toml");
+    let config = match Config::from_sources(&vars.into_iter().collect::<EnvVars>(), Some(&file)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("invalid configuration:\n{e}");
