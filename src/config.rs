@@ -117,6 +117,29 @@ pub const PROBE_EXPECTED_SHARDS: Key =
     key("PROBE_EXPECTED_SHARDS", "cluster.expected_shards", None);
 pub const PROBE_POOL_INTERVAL: Key = key("PROBE_POOL_INTERVAL", "pool.interval", Some("5s"));
 pub const PROBE_POOL_MAX_CONNS: Key = key("PROBE_POOL_MAX_CONNS", "pool.max_conns", None);
+pub const PROBE_UPSTREAM_READYZ: Key = key("PROBE_UPSTREAM_READYZ", "upstream.readyz", None);
+pub const PROBE_UPSTREAM_TIMEOUT: Key =
+    key("PROBE_UPSTREAM_TIMEOUT", "upstream.timeout", Some("1s"));
+pub const PROBE_UPSTREAM_FAILURE_THRESHOLD: Key = key(
+    "PROBE_UPSTREAM_FAILURE_THRESHOLD",
+    "upstream.failure_threshold",
+    Some("3"),
+);
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: Key =
+    key("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp.endpoint", None);
+pub const OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: Key = key(
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "otlp.metrics_endpoint",
+    None,
+);
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: Key =
+    key("OTEL_EXPORTER_OTLP_PROTOCOL", "otlp.protocol", None);
+pub const OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: Key = key(
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "otlp.metrics_protocol",
+    None,
+);
+pub const PROBE_OTLP_CHECK: Key = key("PROBE_OTLP_CHECK", "otlp.check", Some("true"));
 pub const PROBE_LOG_FORMAT: Key = key("PROBE_LOG_FORMAT", "log.format", Some("json"));
 pub const PROBE_LOG_LEVEL: Key = key("PROBE_LOG_LEVEL", "log.level", Some("info"));
 
@@ -159,6 +182,14 @@ pub const KEYS: &[Key] = &[
     PROBE_EXPECTED_SHARDS,
     PROBE_POOL_INTERVAL,
     PROBE_POOL_MAX_CONNS,
+    PROBE_UPSTREAM_READYZ,
+    PROBE_UPSTREAM_TIMEOUT,
+    PROBE_UPSTREAM_FAILURE_THRESHOLD,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
+    PROBE_OTLP_CHECK,
     PROBE_LOG_FORMAT,
     PROBE_LOG_LEVEL,
 ];
@@ -338,6 +369,20 @@ pub struct ObserveConfig {
     pub pool_max_conns: Option<u32>,
 }
 
+/// Checks beside Redis: the app's own readiness (gating) and the OTLP collector (not gating).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksConfig {
+    /// `http://host:port/path` of the app's readiness endpoint.
+    pub upstream: Option<hyper::Uri>,
+    pub upstream_timeout: Duration,
+    /// Failed polls in a row before the app counts as not ready.
+    pub upstream_failure_threshold: u32,
+    /// The metrics exporter the app is configured with, when it has one and the check is on.
+    pub otlp: Option<crate::otlp::Exporter>,
+    /// What the lint found in the OTEL variables (also in `warnings`).
+    pub otlp_findings: Vec<crate::otlp::Finding>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -356,6 +401,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub probe: ProbeConfig,
     pub observe: ObserveConfig,
+    pub checks: ChecksConfig,
     pub listen: SocketAddr,
     pub log: LogConfig,
     /// Settings that are valid but probably not what was meant; logged at start.
@@ -947,6 +993,40 @@ fn read(r: &mut Reader<'_>) -> Option<Config> {
                 None
             }
         });
+    let upstream =
+        r.get::<String>(PROBE_UPSTREAM_READYZ)
+            .and_then(|s| match s.parse::<hyper::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => Some(u),
+                Ok(u) if u.scheme_str() == Some("https") => {
+                    r.problem(
+                        PROBE_UPSTREAM_READYZ,
+                        "expected an http:// URL (the app is in the same pod; https is not needed)",
+                    );
+                    None
+                }
+                _ => {
+                    r.problem(
+                        PROBE_UPSTREAM_READYZ,
+                        "expected a URL such as http://127.0.0.1:8000/readyz",
+                    );
+                    None
+                }
+            });
+    let upstream_given = r.figment.contains(PROBE_UPSTREAM_READYZ.path);
+    let upstream_timeout = r.positive_duration(PROBE_UPSTREAM_TIMEOUT);
+    let upstream_failure_threshold = r.count(PROBE_UPSTREAM_FAILURE_THRESHOLD);
+    let otel_endpoint = r.get::<String>(OTEL_EXPORTER_OTLP_ENDPOINT);
+    let otel_metrics_endpoint = r.get::<String>(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT);
+    let otel_protocol = r.get::<String>(OTEL_EXPORTER_OTLP_PROTOCOL);
+    let otel_metrics_protocol = r.get::<String>(OTEL_EXPORTER_OTLP_METRICS_PROTOCOL);
+    let otlp_check = r.get::<bool>(PROBE_OTLP_CHECK);
+    let (otlp, otlp_findings) = crate::otlp::exporter(
+        otel_endpoint.as_deref(),
+        otel_metrics_endpoint.as_deref(),
+        otel_protocol.as_deref(),
+        otel_metrics_protocol.as_deref(),
+    );
+    warnings.extend(otlp_findings.iter().map(|f| format!("OTLP: {f}")));
     let info_interval = r.positive_duration(PROBE_INFO_INTERVAL);
     let maxclients = r.count(PROBE_MAXCLIENTS);
     let expected_shards = r.get::<u32>(PROBE_EXPECTED_SHARDS);
@@ -1016,6 +1096,17 @@ fn read(r: &mut Reader<'_>) -> Option<Config> {
             expected_shards,
             pool_interval: pool_interval?,
             pool_max_conns,
+        },
+        checks: ChecksConfig {
+            upstream: if upstream_given {
+                Some(upstream?)
+            } else {
+                None
+            },
+            upstream_timeout: upstream_timeout?,
+            upstream_failure_threshold: upstream_failure_threshold?,
+            otlp: if otlp_check? { otlp } else { None },
+            otlp_findings,
         },
         listen: listen?,
         log: LogConfig {

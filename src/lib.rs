@@ -12,16 +12,20 @@
 //!   publishes a [`health::Health`] snapshot on a `watch` channel.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`pool`]: the pod's connections to Redis, counted from `/proc/net/tcp` on its own cadence.
+//! - [`checks`]: checks beside Redis: the app's own readiness (gating) and the OTLP collector.
+//! - [`otlp`]: the OpenTelemetry exporter variables and their lint.
 //! - [`server`]: hyper handlers that read the snapshot; no request waits on Redis.
 //! - [`logging`]: JSON (`ts`, `level`, `msg`) or text log lines.
 //!
 //! Data flows one way: config -> probe -> health loop -> (watch, metrics) -> server.
 
 pub mod breaker;
+pub mod checks;
 pub mod config;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod pool;
 pub mod probe;
 pub mod schedule;
@@ -85,7 +89,9 @@ pub async fn run(
         ))
     });
     let task = tokio::spawn(health_loop.run());
-    let state = AppState::new(health, metrics, config.probe.on_failure);
+    metrics.set_config_warnings(config.checks.otlp_findings.iter().map(|f| f.kind));
+    let (extras, extra_tasks) = spawn_extra_checks(config, &metrics);
+    let state = AppState::with_extras(health, metrics, config.probe.on_failure, extras);
     let draining = state.clone();
     server::serve(listener, state, async move {
         shutdown.await;
@@ -96,5 +102,56 @@ pub async fn run(
     if let Some(t) = pool_task {
         t.abort();
     }
+    extra_tasks.iter().for_each(tokio::task::JoinHandle::abort);
     Ok(())
+}
+
+/// Starts the checks beside Redis that the configuration asks for: the app's readiness
+/// (gating) and the OTLP collector (never gating).
+fn spawn_extra_checks(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> (Vec<checks::Extra>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut extras = vec![];
+    let mut tasks = vec![];
+    let mut start = |name: &'static str, target: checks::Target, timeout, threshold, critical| {
+        let (tx, rx) = tokio::sync::watch::channel(checks::CheckState::default());
+        metrics.register_extra_check(name);
+        tasks.push(tokio::spawn(checks::run(
+            name,
+            target,
+            timeout,
+            threshold,
+            config.probe.interval,
+            config.probe.jitter,
+            RandomJitter,
+            metrics.clone(),
+            tx,
+        )));
+        extras.push(checks::Extra {
+            name,
+            critical,
+            state: rx,
+        });
+    };
+    if let Some(uri) = &config.checks.upstream {
+        let c = &config.checks;
+        start(
+            "app",
+            checks::Target::Readiness(uri.clone()),
+            c.upstream_timeout,
+            c.upstream_failure_threshold,
+            true,
+        );
+    }
+    if let Some(exporter) = &config.checks.otlp {
+        start(
+            "otlp",
+            checks::Target::Otlp(exporter.clone()),
+            config.probe.attempt_timeout,
+            1,
+            false,
+        );
+    }
+    (extras, tasks)
 }

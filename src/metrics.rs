@@ -54,6 +54,22 @@ pub struct SourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabel {
+    pub check: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckReasonLabels {
+    pub check: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
 }
@@ -103,6 +119,9 @@ pub struct Metrics {
     pub server: ServerMetrics,
     pub pool: PoolMetrics,
     pub parse_errors: Family<SourceLabel, Counter>,
+    pub check_up: Family<CheckLabel, Gauge>,
+    pub extra_failures: Family<CheckReasonLabels, Counter>,
+    pub config_warnings: Family<KindLabel, Gauge>,
 }
 
 /// The server-side view, from INFO and CLUSTER INFO (names as redis_exporter's where it has
@@ -176,6 +195,9 @@ impl Metrics {
             server: ServerMetrics::default(),
             pool: PoolMetrics::default(),
             parse_errors: Family::default(),
+            check_up: Family::default(),
+            extra_failures: Family::default(),
+            config_warnings: Family::default(),
             registry: Registry::default(),
         };
         {
@@ -365,6 +387,27 @@ impl Metrics {
             "Lines of INFO replies or /proc/net/tcp that did not parse",
             m.parse_errors.clone(),
         );
+        {
+            let r = registry.sub_registry_with_prefix("redis_probe");
+            r.register(
+                "check_up",
+                "1 when a check beside Redis passes (app: after its threshold)",
+                m.check_up.clone(),
+            );
+            r.register(
+                "check_failures",
+                "Failed polls of a check beside Redis, by reason",
+                m.extra_failures.clone(),
+            );
+            r.register(
+                "config_warning",
+                "1 for each kind of questionable setting found at start-up (OTEL exporter variables)",
+                m.config_warnings.clone(),
+            );
+        }
+        for kind in crate::otlp::FINDING_KINDS {
+            let _ = m.config_warnings.get_or_create(&KindLabel { kind });
+        }
         for source in ["info", "proc_net_tcp"] {
             let _ = m.parse_errors.get_or_create(&SourceLabel { source });
         }
@@ -568,6 +611,39 @@ impl Metrics {
         }
     }
 
+    /// Creates the series of a configured check beside Redis, at 0.
+    pub fn register_extra_check(&self, check: &'static str) {
+        self.check_up.get_or_create(&CheckLabel { check }).set(0);
+        for reason in crate::checks::REASONS {
+            let _ = self
+                .extra_failures
+                .get_or_create(&CheckReasonLabels { check, reason });
+        }
+    }
+
+    pub fn record_extra_check(&self, check: &'static str, failure: Option<&'static str>) {
+        if let Some(reason) = failure {
+            self.extra_failures
+                .get_or_create(&CheckReasonLabels { check, reason })
+                .inc();
+        }
+    }
+
+    pub fn set_extra_up(&self, check: &'static str, up: bool) {
+        self.check_up
+            .get_or_create(&CheckLabel { check })
+            .set(i64::from(up));
+    }
+
+    /// Marks the kinds of questionable settings found at start-up.
+    pub fn set_config_warnings(&self, kinds: impl IntoIterator<Item = &'static str>) {
+        for kind in kinds {
+            self.config_warnings
+                .get_or_create(&KindLabel { kind })
+                .set(1);
+        }
+    }
+
     /// OpenMetrics text.
     pub fn encode_openmetrics(&self, out: &mut String) {
         prometheus_client::encoding::text::encode(out, &self.registry)
@@ -625,6 +701,22 @@ mod tests {
         );
         assert!(s.contains("redis_probe_build_info{version=\""));
         assert!(s.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn config_warnings_render_per_kind() {
+        let m = Metrics::new();
+        m.set_config_warnings(["grpc_port_with_http"]);
+        let mut s = String::new();
+        m.encode_openmetrics(&mut s);
+        assert!(
+            s.contains("redis_probe_config_warning{kind=\"grpc_port_with_http\"} 1"),
+            "{s}"
+        );
+        assert!(
+            s.contains("redis_probe_config_warning{kind=\"missing_scheme\"} 0"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! * `GET /readyz`: 200 `ok`, or 503 with the failing checks, in kube-apiserver's format.
 //!   `?verbose` lists every check (`[+]redis ok`, `[-]redis failed: <reason>`), `?exclude=redis`
 //!   skips one, and `/readyz/redis`, `/readyz/shutdown` answer for one check.
+//! * `/readyz/app`, `/readyz/otlp`: the app's own readiness (`PROBE_UPSTREAM_READYZ`, gating)
+//!   and the OTLP collector (never gating), when configured.
 //! * `GET /metrics`: OpenMetrics text when the client asks for it (Prometheus does), else the
 //!   Prometheus text format 0.0.4.
 //!
@@ -46,6 +48,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 /// What handlers read.
 pub struct AppState {
     health: Rx,
+    /// Checks beside Redis (the app's readiness, the OTLP collector).
+    extras: Vec<crate::checks::Extra>,
     metrics: Arc<Metrics>,
     on_failure: OnFailure,
     draining: AtomicBool,
@@ -53,8 +57,18 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(health: Rx, metrics: Arc<Metrics>, on_failure: OnFailure) -> Arc<Self> {
+        Self::with_extras(health, metrics, on_failure, vec![])
+    }
+
+    pub fn with_extras(
+        health: Rx,
+        metrics: Arc<Metrics>,
+        on_failure: OnFailure,
+        extras: Vec<crate::checks::Extra>,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             health,
+            extras,
             metrics,
             on_failure,
             draining: AtomicBool::new(false),
@@ -195,15 +209,17 @@ struct Check {
 
 enum Status {
     Ok,
-    Failed(&'static str),
+    Failed(String),
     /// Failing, but configured not to gate readiness (`PROBE_ON_FAILURE=degraded`).
-    Degraded(&'static str),
+    Degraded(String),
+    /// Failing, and never gating readiness (the OTLP collector).
+    NonCritical(String),
 }
 
 fn live_checks(state: &AppState, now: Instant) -> Vec<Check> {
     let status = match state.loop_status(now) {
         Ok(()) => Status::Ok,
-        Err(why) => Status::Failed(why),
+        Err(why) => Status::Failed(why.into()),
     };
     vec![
         Check {
@@ -225,15 +241,15 @@ fn ready_checks(state: &AppState, now: Instant) -> Vec<Check> {
         .and_then(|()| state.health.borrow().redis_status(now))
     {
         Ok(()) => Status::Ok,
-        Err(why) if state.on_failure == OnFailure::Degraded => Status::Degraded(why),
-        Err(why) => Status::Failed(why),
+        Err(why) if state.on_failure == OnFailure::Degraded => Status::Degraded(why.into()),
+        Err(why) => Status::Failed(why.into()),
     };
     let shutdown = if state.draining.load(Ordering::SeqCst) {
-        Status::Failed("shutting down")
+        Status::Failed("shutting down".into())
     } else {
         Status::Ok
     };
-    vec![
+    let mut checks = vec![
         Check {
             name: "redis",
             status: redis,
@@ -244,7 +260,20 @@ fn ready_checks(state: &AppState, now: Instant) -> Vec<Check> {
             status: shutdown,
             note: None,
         },
-    ]
+    ];
+    for extra in &state.extras {
+        let status = match extra.status() {
+            Ok(()) => Status::Ok,
+            Err(text) if extra.critical => Status::Failed(text),
+            Err(text) => Status::NonCritical(text),
+        };
+        checks.push(Check {
+            name: extra.name,
+            status,
+            note: None,
+        });
+    }
+    checks
 }
 
 /// Names the failing nodes when some, but not all, failed: a replica that is down does not fail
@@ -294,10 +323,10 @@ fn checks_rsp(kind: &str, checks: &[Check], q: &Query<'_>, only: Option<&str>) -
         let Some(c) = checks.iter().find(|c| c.name == name) else {
             return text(StatusCode::NOT_FOUND, "not found\n");
         };
-        return match c.status {
+        return match &c.status {
             Status::Ok => text(StatusCode::OK, "ok\n"),
             Status::Degraded(why) => text(StatusCode::OK, &format!("degraded: {why}\n")),
-            Status::Failed(why) => text(
+            Status::Failed(why) | Status::NonCritical(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("internal server error: {name} failed: {why}\n"),
             ),
@@ -311,8 +340,11 @@ fn checks_rsp(kind: &str, checks: &[Check], q: &Query<'_>, only: Option<&str>) -
             body.push_str(&format!("[+]{} excluded: ok\n", c.name));
             continue;
         }
-        match c.status {
+        match &c.status {
             Status::Ok => body.push_str(&format!("[+]{} ok", c.name)),
+            Status::NonCritical(why) => {
+                body.push_str(&format!("[-]{} failed: {why} (non-critical)", c.name))
+            }
             Status::Degraded(why) => {
                 degraded = true;
                 body.push_str(&format!("[+]{} degraded: {why}", c.name));
@@ -414,7 +446,7 @@ mod tests {
         let checks = vec![
             Check {
                 name: "redis",
-                status: Status::Failed("connection_refused"),
+                status: Status::Failed("connection_refused".into()),
                 note: None,
             },
             Check {
@@ -462,7 +494,7 @@ mod tests {
     fn degraded_stays_200() {
         let checks = vec![Check {
             name: "redis",
-            status: Status::Degraded("connection_refused"),
+            status: Status::Degraded("connection_refused".into()),
             note: None,
         }];
         let (s, b) = body(checks_rsp("readyz", &checks, &Query::default(), None));

@@ -172,16 +172,6 @@ impl RedisProbe {
         })
     }
 
-    /// The last topology seen.
-    pub fn topology(&self) -> Option<&Topology> {
-        self.topology.as_ref()
-    }
-
-    /// Connections currently held (one per node).
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
-
     fn node_client(&self, addr: &HostPort) -> Result<(Client, AsyncConnectionConfig), RedisError> {
         let s = &self.settings;
         let conn_addr = match &s.tls {
