@@ -140,6 +140,17 @@ pub async fn run(
     }
 }
 
+/// One poll of `target`, bounded by `timeout` (what `diagnose` uses).
+pub async fn check_once(target: &Target, timeout: Duration) -> Result<(), Failure> {
+    match tokio::time::timeout(timeout, poll(target)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure {
+            reason: "timeout",
+            text: format!("no answer within {timeout:?}"),
+        }),
+    }
+}
+
 async fn poll(target: &Target) -> Result<(), Failure> {
     match target {
         Target::Readiness(uri) => {

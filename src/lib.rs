@@ -22,6 +22,7 @@
 pub mod breaker;
 pub mod checks;
 pub mod config;
+pub mod diagnose;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -11,6 +11,8 @@ const EX_USAGE: u8 = 64;
 
 const USAGE: &str = "\
 usage: redis-probe [--config FILE] [--check-config]
+       redis-probe diagnose [--config FILE] [--duration 5s] [--format text|json]
+                            [--replicas N] [--probe-timeout 1s]
 
 Health-checks a Redis Cluster and serves /livez, /readyz and /metrics.
 Configuration comes from the environment (REDIS_ADDRESS, REDIS_TLS_ENABLED, PROBE_LISTEN, ...)
@@ -19,6 +21,10 @@ over an optional TOML file (--config FILE or PROBE_CONFIG) over built-in default
   --config FILE    read settings from a TOML file
   --check-config   print the effective configuration (secrets redacted) and exit:
                    0 when valid, 64 with every problem listed when not
+  diagnose         connect, measure for --duration, print a report and exit:
+                   0 when nothing is wrong, 1 when something is, 64 on bad configuration.
+                   --replicas N: pods of the Deployment, for the fleet's connection ceiling;
+                   --probe-timeout: the kubelet's readinessProbe timeoutSeconds
   --version        print the version
   --help           print this text
 ";
@@ -26,17 +32,61 @@ over an optional TOML file (--config FILE or PROBE_CONFIG) over built-in default
 struct Args {
     config: Option<PathBuf>,
     check_config: bool,
+    diagnose: Option<redis_probe::diagnose::Options>,
+}
+
+fn duration_arg(flag: &str, v: Option<String>) -> Result<std::time::Duration, String> {
+    let v = v.ok_or(format!("{flag} needs a value"))?;
+    humantime::parse_duration(&v).map_err(|_| format!("{flag} {v}: expected a duration such as 5s"))
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         config: None,
         check_config: false,
+        diagnose: None,
     };
-    let mut it = std::env::args_os().skip(1);
+    let mut it = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned());
     while let Some(a) = it.next() {
-        let a = a.to_string_lossy().into_owned();
         match a.as_str() {
+            "diagnose" if args.diagnose.is_none() => {
+                args.diagnose = Some(redis_probe::diagnose::Options {
+                    duration: std::time::Duration::from_secs(5),
+                    json: false,
+                    replicas: None,
+                    probe_timeout: None,
+                })
+            }
+            "--duration" | "--format" | "--replicas" | "--probe-timeout"
+                if args.diagnose.is_some() =>
+            {
+                let d = args.diagnose.as_mut().expect("checked");
+                match a.as_str() {
+                    "--duration" => d.duration = duration_arg("--duration", it.next())?,
+                    "--probe-timeout" => {
+                        d.probe_timeout = Some(duration_arg("--probe-timeout", it.next())?)
+                    }
+                    "--replicas" => {
+                        let v = it.next().ok_or("--replicas needs a number")?;
+                        d.replicas = Some(
+                            v.parse()
+                                .map_err(|_| format!("--replicas {v}: expected a number"))?,
+                        );
+                    }
+                    _ => match it.next().as_deref() {
+                        Some("json") => d.json = true,
+                        Some("text") => d.json = false,
+                        other => {
+                            return Err(format!(
+                                "--format {}: expected text or json",
+                                other.unwrap_or("")
+                            ));
+                        }
+                    },
+                }
+            }
             "--config" => args.config = Some(it.next().ok_or("--config needs a file")?.into()),
             s if s.starts_with("--config=") => args.config = Some(s["--config=".len()..].into()),
             "--check-config" => args.check_config = true,
@@ -75,6 +125,9 @@ fn main() -> ExitCode {
     if args.check_config {
         print!("{}", config.render());
         return ExitCode::SUCCESS;
+    }
+    if let Some(opts) = args.diagnose {
+        return diagnose(&config, &opts);
     }
     redis_probe::logging::init(&config.log);
     for w in &config.warnings {
@@ -118,6 +171,34 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Runs `diagnose` on a small runtime of its own; logs stay off so the report is the output.
+fn diagnose(config: &Config, opts: &redis_probe::diagnose::Options) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("redis-probe: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(redis_probe::diagnose::run(config, opts));
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a report always serializes")
+        );
+    } else {
+        print!("{}", redis_probe::diagnose::render_text(&report));
+    }
+    if report.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 async fn shutdown_signal() {

@@ -94,6 +94,7 @@ fn wrong_password_logs_then_sigterm_exits_cleanly() {
         cluster: false,
         mtls: false,
         proxied: false,
+        cert_days: None,
     });
     let port = support::free_ports(1)[0];
     let listen = format!("127.0.0.1:{port}");

@@ -98,6 +98,7 @@ async fn app_readiness_gates_and_the_collector_never_does() {
             cluster: false,
             mtls: false,
             proxied: false,
+            cert_days: None,
         })
     })
     .await
@@ -191,6 +192,7 @@ async fn collector_down_and_grpc_collector() {
             cluster: false,
             mtls: false,
             proxied: false,
+            cert_days: None,
         })
     })
     .await

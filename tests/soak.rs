@@ -32,6 +32,7 @@ async fn thousand_reconnects_keep_rss_and_fds_flat() {
             cluster: false,
             mtls: false,
             proxied: false,
+            cert_days: None,
         })
     })
     .await

@@ -32,6 +32,7 @@ async fn server_name_and_wrong_ca() {
             cluster: true,
             mtls: false,
             proxied: false,
+            cert_days: None,
         })
     })
     .await
@@ -85,6 +86,7 @@ async fn standalone_server() {
             cluster: false,
             mtls: false,
             proxied: false,
+            cert_days: None,
         })
     })
     .await
@@ -128,6 +130,7 @@ async fn mutual_tls() {
             cluster: false,
             mtls: true,
             proxied: false,
+            cert_days: None,
         })
     })
     .await

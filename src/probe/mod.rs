@@ -23,6 +23,7 @@
 
 pub mod info;
 pub mod reason;
+pub mod tls;
 pub mod topology;
 
 use std::collections::HashMap;
@@ -170,6 +171,11 @@ impl RedisProbe {
             dials: AtomicU32::new(0),
             commands: AtomicU32::new(0),
         })
+    }
+
+    /// The last topology seen.
+    pub fn topology(&self) -> Option<&Topology> {
+        self.topology.as_ref()
     }
 
     fn node_client(&self, addr: &HostPort) -> Result<(Client, AsyncConnectionConfig), RedisError> {

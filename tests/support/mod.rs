@@ -80,6 +80,16 @@ pub struct Pki {
 
 impl Pki {
     pub fn generate(dir: &Path, names: CertNames, prefix: &str) -> Pki {
+        Self::generate_valid_for(dir, names, prefix, None)
+    }
+
+    /// As [`Pki::generate`], the node certificate expiring in `days` days when given.
+    pub fn generate_valid_for(
+        dir: &Path,
+        names: CertNames,
+        prefix: &str,
+        days: Option<i64>,
+    ) -> Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -107,6 +117,10 @@ impl Pki {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        if let Some(days) = days {
+            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        }
         let cert = params.signed_by(&key, &ca).unwrap();
 
         let pki = Pki {
@@ -155,6 +169,8 @@ pub struct Options {
     /// Every node announces a [`proxy::ResetProxy`] in front of it, so every client connection
     /// (the sidecar's, and replication) can be reset on demand.
     pub proxied: bool,
+    /// The node certificate expires in this many days.
+    pub cert_days: Option<i64>,
 }
 
 impl Default for Options {
@@ -164,6 +180,7 @@ impl Default for Options {
             cluster: true,
             mtls: false,
             proxied: false,
+            cert_days: None,
         }
     }
 }
@@ -192,7 +209,7 @@ impl Cluster {
             .prefix("redis-probe-test")
             .tempdir()
             .unwrap();
-        let pki = Pki::generate(dir.path(), opts.names, "");
+        let pki = Pki::generate_valid_for(dir.path(), opts.names, "", opts.cert_days);
         let other = Pki::generate(dir.path(), CertNames::Loopback, "other-");
         let count = if opts.cluster { 6 } else { 1 };
         let ports = free_ports(count * 2);

@@ -1,0 +1,188 @@
+//! `redis-probe diagnose` against real clusters: a healthy report exits 0; each fault makes its
+//! own finding and exit 1; the JSON carries the same findings; the password is in neither.
+
+mod support;
+
+use std::process::Command;
+
+use support::{CertNames, Cluster, Options};
+
+const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
+
+struct Run {
+    code: i32,
+    text: String,
+    json: serde_json::Value,
+}
+
+fn diagnose(env: &[(String, String)], extra: &[&str]) -> Run {
+    let run = |format: &str| {
+        let out = Command::new(BIN)
+            .env_clear()
+            .envs(env.iter().cloned())
+            .args(["diagnose", "--duration", "1s", "--format", format])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run("text");
+    let (json_code, json) = run("json");
+    assert_eq!(
+        code, json_code,
+        "text and JSON runs disagree:\n{text}\n{json}"
+    );
+    let json = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("JSON does not parse ({e}):\n{json}"));
+    Run { code, text, json }
+}
+
+fn codes(r: &Run) -> Vec<String> {
+    r.json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_finding(r: &Run, code: &str) {
+    assert_eq!(r.code, 1, "{}", r.text);
+    assert!(
+        codes(r).iter().any(|c| c == code),
+        "no {code} finding in JSON {:?}:\n{}",
+        codes(r),
+        r.text
+    );
+    assert!(
+        r.text.contains("FAIL  [") && r.text.contains(&format!("] {code}: ")),
+        "{}",
+        r.text
+    );
+}
+
+fn no_secret(r: &Run, secrets: &[&str]) {
+    let json = r.json.to_string();
+    for s in secrets {
+        assert!(
+            !r.text.contains(s) && !json.contains(s),
+            "secret in the report"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_report_and_each_fault_as_a_finding() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let env = cluster.env();
+
+    let healthy = diagnose(&env, &[]);
+    assert_eq!(healthy.code, 0, "{}", healthy.text);
+    assert_eq!(healthy.json["verdict"], "ok");
+    assert_eq!(healthy.json["topology"]["live_shards"], 3);
+    assert_eq!(healthy.json["latency"].as_array().unwrap().len(), 6);
+    for section in [
+        "== Reachability",
+        "== Topology",
+        "== Latency",
+        "== Connections",
+        "== Timeouts",
+        "== OTLP",
+        "== Sidecar settings",
+        "OK    nothing wrong found",
+    ] {
+        assert!(
+            healthy.text.contains(section),
+            "{section} missing:\n{}",
+            healthy.text
+        );
+    }
+    assert!(healthy.text.contains("verified"), "{}", healthy.text);
+    no_secret(&healthy, &[&cluster.password]);
+
+    let mut wrong = env.clone();
+    wrong.push(("REDIS_PASSWORD".into(), "Wr0ng-Diagnose-Pass".into()));
+    let r = diagnose(&wrong, &[]);
+    assert_finding(&r, "auth");
+    no_secret(&r, &["Wr0ng-Diagnose-Pass", &cluster.password]);
+
+    let mut ca = env.clone();
+    ca.push((
+        "REDIS_TLS_CA_FILE".into(),
+        cluster.other_ca.display().to_string(),
+    ));
+    let r = diagnose(&ca, &[]);
+    assert_finding(&r, "tls");
+
+    let mut drift = env.clone();
+    drift.push(("PROBE_EXPECTED_SHARDS".into(), "5".into()));
+    assert_finding(&diagnose(&drift, &[]), "shard_drift");
+
+    for i in 0..cluster.nodes.len() {
+        assert!(
+            cluster
+                .cli(i, &["CONFIG", "SET", "maxclients", "1000"])
+                .contains("OK")
+        );
+    }
+    let mut pool = env.clone();
+    pool.push(("REDIS_POOL_SIZE".into(), "1000".into()));
+    let r = diagnose(&pool, &["--replicas", "72"]);
+    assert_finding(&r, "ceiling_above_maxclients");
+    assert!(
+        r.text
+            .contains("x 72 pods = 72000 on one node vs maxclients 1000"),
+        "{}",
+        r.text
+    );
+
+    let r = diagnose(&env, &["--probe-timeout", "100ms"]);
+    assert_finding(&r, "attempt_above_probe_timeout");
+
+    // One node made slow while diagnose measures.
+    let cluster = std::sync::Arc::new(cluster);
+    let slow = {
+        let c = cluster.clone();
+        std::thread::spawn(move || {
+            // Busy most of the time for the whole measurement (text and JSON runs).
+            for _ in 0..30 {
+                c.cli(1, &["DEBUG", "SLEEP", "0.2"]);
+            }
+        })
+    };
+    let r = diagnose(&env, &[]);
+    slow.join().unwrap();
+    assert_finding(&r, "slow_node");
+    assert!(
+        r.text
+            .contains(&format!("{}: p99", cluster.nodes[1].addr())),
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiring_soon() {
+    let server = tokio::task::spawn_blocking(|| {
+        Cluster::start(Options {
+            names: CertNames::Loopback,
+            cluster: false,
+            cert_days: Some(7),
+            ..Options::default()
+        })
+    })
+    .await
+    .unwrap();
+    let r = diagnose(&server.env(), &[]);
+    assert_finding(&r, "cert_expiring");
+    let days = r.json["reachability"]["nodes"][0]["tls"]["Ok"]["days_left"]
+        .as_i64()
+        .unwrap();
+    assert!((5..=7).contains(&days), "{days}");
+}
