@@ -91,7 +91,15 @@ pub async fn run(
     });
     let task = tokio::spawn(health_loop.run());
     metrics.set_config_warnings(config.checks.otlp_findings.iter().map(|f| f.kind));
-    let (extras, extra_tasks) = spawn_extra_checks(config, &metrics);
+    let (extras, mut extra_tasks) = spawn_extra_checks(config, &metrics);
+    if let Some(tls) = &config.redis.tls {
+        extra_tasks.push(tokio::spawn(watch_certificates(
+            health.clone(),
+            metrics.clone(),
+            tls.clone(),
+            config.probe.attempt_timeout,
+        )));
+    }
     let state = AppState::with_extras(health, metrics, config.probe.on_failure, extras);
     let draining = state.clone();
     server::serve(listener, state, async move {
@@ -105,6 +113,45 @@ pub async fn run(
     }
     extra_tasks.iter().for_each(tokio::task::JoinHandle::abort);
     Ok(())
+}
+
+/// How often node certificates are read: their expiry changes only when they are replaced.
+const CERT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Exports each node's certificate expiry: after the first check that found nodes, then every
+/// [`CERT_CHECK_INTERVAL`]. One short TLS connection per node each time.
+async fn watch_certificates(
+    mut health: health::Rx,
+    metrics: Arc<Metrics>,
+    tls: config::TlsConfig,
+    timeout: std::time::Duration,
+) {
+    loop {
+        let nodes: Vec<config::HostPort> = health
+            .borrow()
+            .nodes
+            .iter()
+            .map(|n| n.addr.clone())
+            .collect();
+        if nodes.is_empty() {
+            if health.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        for addr in nodes {
+            if let Ok(info) = probe::tls::inspect(&addr, &tls, timeout).await {
+                metrics
+                    .server
+                    .cert_expiry
+                    .get_or_create(&metrics::NodeLabel {
+                        node: addr.to_string(),
+                    })
+                    .set(info.not_after);
+            }
+        }
+        tokio::time::sleep(CERT_CHECK_INTERVAL).await;
+    }
 }
 
 /// Starts the checks beside Redis that the configuration asks for: the app's readiness

@@ -140,6 +140,7 @@ pub struct ServerMetrics {
     pub known_nodes: Gauge,
     pub cluster_size: Gauge,
     pub expected_shards: Gauge,
+    pub cert_expiry: Family<NodeLabel, Gauge>,
     nodes: Mutex<HashSet<String>>,
 }
 
@@ -346,6 +347,12 @@ impl Metrics {
                 "cluster_size",
                 "Shards serving at least one slot",
                 sm.cluster_size.clone(),
+            );
+            r.register_with_unit(
+                "tls_cert_expiry_timestamp",
+                "Unix time the node's TLS certificate expires (read every 6 hours)",
+                Unit::Seconds,
+                sm.cert_expiry.clone(),
             );
             if let Some(n) = opts.expected_shards {
                 sm.expected_shards.set(i64::from(n));

@@ -185,4 +185,28 @@ async fn certificate_expiring_soon() {
         .as_i64()
         .unwrap();
     assert!((5..=7).contains(&days), "{days}");
+
+    // The running sidecar exports the same expiry.
+    let sidecar = support::Sidecar::start(support::config(&server.env())).await;
+    let series = format!(
+        "redis_tls_cert_expiry_timestamp_seconds{{node=\"{}\"}}",
+        server.nodes[0].addr()
+    );
+    let start = std::time::Instant::now();
+    let expiry = loop {
+        if let Some(v) = support::sample(&sidecar.metrics().await, &series) {
+            break v;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(15) {
+            panic!("{series} never exported:\n{}", sidecar.metrics().await);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let days_left = (expiry - now) / 86400.0;
+    assert!((6.0..=7.01).contains(&days_left), "{days_left}");
+    sidecar.stop().await;
 }

@@ -89,6 +89,12 @@ fn exported_names() -> BTreeSet<String> {
     };
     m.record_info(&report, 65000);
     m.record_pool(&[(node.to_string(), 1)], Some((10, 10)));
+    m.server
+        .cert_expiry
+        .get_or_create(&redis_probe::metrics::NodeLabel {
+            node: node.to_string(),
+        })
+        .set(1);
     let mut text = String::new();
     m.encode_prometheus(&mut text);
     text.lines()
