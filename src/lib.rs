@@ -15,6 +15,7 @@
 //! - [`checks`]: checks beside Redis: the app's own readiness (gating) and the OTLP collector.
 //! - [`otlp`]: the OpenTelemetry exporter variables and their lint.
 //! - [`server`]: hyper handlers that read the snapshot; no request waits on Redis.
+//! - [`diagnose`]: the one-shot report of `redis-probe diagnose`, reusing the probe, pool and checks.
 //! - [`logging`]: JSON (`ts`, `level`, `msg`) or text log lines.
 //!
 //! Data flows one way: config -> probe -> health loop -> (watch, metrics) -> server.
