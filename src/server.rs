@@ -183,7 +183,15 @@ pub fn route(
     let q = Query::parse(query);
     let now = Instant::now();
     match path {
-        "/metrics" => metrics_rsp(state, accept),
+        "/metrics" => {
+            // redis_probe_ready says what /readyz would answer now, with every check (app,
+            // shutdown, a stalled loop) and not only Redis: read from the same state.
+            let ready = ready_checks(state, now)
+                .iter()
+                .all(|c| !matches!(c.status, Status::Failed(_)));
+            state.metrics.ready.set(i64::from(ready));
+            metrics_rsp(state, accept)
+        }
         "/livez" => checks_rsp("livez", &live_checks(state, now), &q, None),
         "/readyz" => checks_rsp("readyz", &ready_checks(state, now), &q, None),
         p => {
