@@ -95,9 +95,17 @@ impl Schedule {
             .take(self.attempts.saturating_sub(1) as usize)
             .map(|d| d.mul_f64(1.0 + self.jitter))
             .sum();
-        self.attempt_timeout * self.attempts + delays
+        (self.attempt_timeout + ATTEMPT_GUARD) * self.attempts + delays
     }
 }
+
+/// How long past its deadline an attempt (or an INFO read) may run before the loop gives up
+/// on it: the probe returns by its deadline, this only guards against a probe that does not.
+const ATTEMPT_GUARD: Duration = Duration::from_millis(50);
+
+/// Slack before the loop counts as stalled, beyond its own schedule: a busy machine can delay
+/// a wake-up by more than a short test interval.
+const MIN_STALL_GRACE: Duration = Duration::from_secs(1);
 
 /// Channel halves for the published health.
 pub type Rx = watch::Receiver<Health>;
@@ -130,8 +138,11 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
         metrics: Arc<Metrics>,
         on_failure: OnFailure,
     ) -> (Self, Rx) {
-        let first_deadline =
-            Instant::now() + schedule.interval + schedule.check_budget() + schedule.interval;
+        // The first check runs within one interval (its jittered offset).
+        let first_deadline = Instant::now()
+            + schedule.interval
+            + schedule.check_budget()
+            + schedule.interval.max(MIN_STALL_GRACE);
         let (tx, rx) = watch::channel(Health::initial(first_deadline));
         metrics
             .breaker_open_duration
@@ -168,11 +179,8 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             return;
         }
         let deadline = Instant::now() + self.schedule.attempt_timeout;
-        if let Ok(Some(report)) = tokio::time::timeout_at(
-            deadline + Duration::from_millis(50),
-            self.probe.info(deadline),
-        )
-        .await
+        if let Ok(Some(report)) =
+            tokio::time::timeout_at(deadline + ATTEMPT_GUARD, self.probe.info(deadline)).await
         {
             self.metrics.record_info(&report, maxclients);
         }
@@ -213,17 +221,16 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
         let mut attempt = 1;
         let report = loop {
             let deadline = Instant::now() + s.attempt_timeout;
-            let report = match tokio::time::timeout_at(
-                deadline + Duration::from_millis(50),
-                self.probe.check(deadline),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    CheckReport::failed(Reason::Timeout, "attempt did not finish by its deadline")
-                }
-            };
+            let report =
+                match tokio::time::timeout_at(deadline + ATTEMPT_GUARD, self.probe.check(deadline))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => CheckReport::failed(
+                        Reason::Timeout,
+                        "attempt did not finish by its deadline",
+                    ),
+                };
             self.metrics.record_attempt(report.result, report.cost);
             if report.result.is_ok() || attempt >= s.attempts {
                 break report;
@@ -255,7 +262,7 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
     /// The loop is stuck if it has not published by the next wake-up plus a whole check, plus
     /// one interval of grace.
     fn deadline_after(&self, wake: Instant) -> Instant {
-        wake + self.schedule.check_budget() + self.schedule.interval
+        wake + self.schedule.check_budget() + self.schedule.interval.max(MIN_STALL_GRACE)
     }
 
     fn publish(&mut self, report: CheckReport, wake: Instant) {
