@@ -115,7 +115,7 @@ pub const PROBE_INFO_INTERVAL: Key =
 pub const PROBE_MAXCLIENTS: Key = key("PROBE_MAXCLIENTS", "cluster.maxclients", Some("65000"));
 pub const PROBE_EXPECTED_SHARDS: Key =
     key("PROBE_EXPECTED_SHARDS", "cluster.expected_shards", None);
-pub const PROBE_POOL_INTERVAL: Key = key("PROBE_POOL_INTERVAL", "pool.interval", Some("5s"));
+pub const PROBE_POOL_INTERVAL: Key = key("PROBE_POOL_INTERVAL", "pool.interval", Some("15s"));
 pub const PROBE_POOL_MAX_CONNS: Key = key("PROBE_POOL_MAX_CONNS", "pool.max_conns", None);
 pub const PROBE_UPSTREAM_READYZ: Key = key("PROBE_UPSTREAM_READYZ", "upstream.readyz", None);
 pub const PROBE_UPSTREAM_TIMEOUT: Key =
