@@ -174,17 +174,12 @@ async fn main() {
     println!("phase 3: full outage for 30 s");
     let p = begin("30 s full outage", counters(&sidecar).await);
     let mut cluster = cluster;
-    for i in 0..cluster.nodes.len() {
-        cluster.kill_node(i);
-    }
+    cluster.kill_all();
     let outage = Instant::now();
     let detected = wait_status(&sidecar, 503).await;
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
     let cluster = tokio::task::spawn_blocking(move || {
-        for i in 0..cluster.nodes.len() {
-            cluster.start_node(i);
-        }
-        cluster.wait_healthy(Duration::from_secs(120));
+        cluster.restart_all(Duration::from_secs(120));
         cluster
     })
     .await

@@ -43,16 +43,11 @@ async fn main() {
     for run in 1..=runs {
         // Let the loop settle at its normal cadence before the outage.
         tokio::time::sleep(Duration::from_secs(12)).await;
-        for i in 0..cluster.nodes.len() {
-            cluster.kill_node(i);
-        }
+        cluster.kill_all();
         let down = wait_status(&sidecar, 503).await;
         tokio::time::sleep(hold.saturating_sub(down)).await;
         cluster = tokio::task::spawn_blocking(move || {
-            for i in 0..cluster.nodes.len() {
-                cluster.start_node(i);
-            }
-            cluster.wait_healthy(Duration::from_secs(120));
+            cluster.restart_all(Duration::from_secs(120));
             cluster
         })
         .await

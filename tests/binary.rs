@@ -5,7 +5,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{CertNames, Cluster, Options};
+use support::{Cluster, Options};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 
@@ -89,13 +89,7 @@ fn config_file_from_flag() {
 /// the password is in no line, and the process exits 0 within 5 s.
 #[test]
 fn wrong_password_logs_then_sigterm_exits_cleanly() {
-    let server = Cluster::start(Options {
-        names: CertNames::Loopback,
-        cluster: false,
-        mtls: false,
-        proxied: false,
-        cert_days: None,
-    });
+    let server = Cluster::start(Options::standalone());
     let port = support::free_ports(1)[0];
     let listen = format!("127.0.0.1:{port}");
     let wrong = "Wr0ng-Token-For-Logs";

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{CertNames, Cluster, Options, Sidecar, config, sample};
+use support::{Cluster, Options, Sidecar, config, sample};
 
 /// A tiny HTTP server answering every request with `status`; records request lines.
 struct Stub {
@@ -92,17 +92,9 @@ async fn wait_body(sidecar: &Sidecar, path: &str, want_status: u16, contains: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_readiness_gates_and_the_collector_never_does() {
-    let server = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            names: CertNames::Loopback,
-            cluster: false,
-            mtls: false,
-            proxied: false,
-            cert_days: None,
-        })
-    })
-    .await
-    .unwrap();
+    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
+        .await
+        .unwrap();
     let app = stub(false).await;
     let collector = stub(false).await;
     let mut env = server.env();
@@ -186,17 +178,9 @@ async fn app_readiness_gates_and_the_collector_never_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_and_grpc_collector() {
-    let server = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            names: CertNames::Loopback,
-            cluster: false,
-            mtls: false,
-            proxied: false,
-            cert_days: None,
-        })
-    })
-    .await
-    .unwrap();
+    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
+        .await
+        .unwrap();
     let down = support::free_ports(1)[0];
     let mut env = server.env();
     env.push((

@@ -121,9 +121,7 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
         .wait_status("/readyz", 200, Duration::from_secs(15))
         .await;
 
-    for i in 0..cluster.nodes.len() {
-        cluster.kill_node(i);
-    }
+    cluster.kill_all();
     // Scheduling slack for a loaded 2-core machine; the measured figure is printed.
     let (took, body) = sidecar
         .wait_status("/readyz", 503, outage_bound() + Duration::from_secs(3))
@@ -176,10 +174,7 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
     );
 
     let cluster = tokio::task::spawn_blocking(move || {
-        for i in 0..cluster.nodes.len() {
-            cluster.start_node(i);
-        }
-        cluster.wait_healthy(Duration::from_secs(60));
+        cluster.restart_all(Duration::from_secs(60));
         cluster
     })
     .await

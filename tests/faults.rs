@@ -419,9 +419,7 @@ async fn full_outage_logs_each_change_once() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(15))
         .await;
-    for i in 0..cluster.nodes.len() {
-        cluster.kill_node(i);
-    }
+    cluster.kill_all();
     sidecar
         .wait_status("/readyz", 503, Duration::from_secs(10))
         .await;
@@ -453,10 +451,7 @@ async fn full_outage_logs_each_change_once() {
     );
 
     let cluster = tokio::task::spawn_blocking(move || {
-        for i in 0..cluster.nodes.len() {
-            cluster.start_node(i);
-        }
-        cluster.wait_healthy(Duration::from_secs(60));
+        cluster.restart_all(Duration::from_secs(60));
         cluster
     })
     .await

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::proxy::ResetProxy;
-use support::{CertNames, Cluster, Options, Sidecar, sample};
+use support::{Cluster, Options, Sidecar, sample};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -26,17 +26,9 @@ fn fds(pid: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_reconnects_keep_rss_and_fds_flat() {
-    let server = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            names: CertNames::Loopback,
-            cluster: false,
-            mtls: false,
-            proxied: false,
-            cert_days: None,
-        })
-    })
-    .await
-    .unwrap();
+    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
+        .await
+        .unwrap();
     let proxy = ResetProxy::start(server.nodes[0].addr().parse().unwrap()).await;
     let mut env = server.env();
     env.extend(

@@ -80,17 +80,9 @@ async fn server_name_and_wrong_ca() {
 /// `REDIS_CLUSTER_MODE=false`: one TLS server, PINGed as a primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_server() {
-    let server = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            names: CertNames::Loopback,
-            cluster: false,
-            mtls: false,
-            proxied: false,
-            cert_days: None,
-        })
-    })
-    .await
-    .unwrap();
+    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
+        .await
+        .unwrap();
     let sidecar = Sidecar::start(config(&server.env())).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(15))

@@ -173,6 +173,16 @@ pub struct Options {
     pub cert_days: Option<i64>,
 }
 
+impl Options {
+    /// One standalone TLS server.
+    pub fn standalone() -> Self {
+        Options {
+            cluster: false,
+            ..Options::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -315,6 +325,21 @@ impl Cluster {
             .stderr(Stdio::null());
         die_with_parent(&mut cmd);
         n.child = Some(spawn_from_lasting_thread(cmd).expect("starting redis-server"));
+    }
+
+    /// Kills every node: a full outage.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+    }
+
+    /// Starts every node again and waits until the cluster is healthy.
+    pub fn restart_all(&mut self, limit: Duration) {
+        for i in 0..self.nodes.len() {
+            self.start_node(i);
+        }
+        self.wait_healthy(limit);
     }
 
     /// Stops node `i` at once (SIGKILL), as a crashed host would.
