@@ -74,13 +74,8 @@ async fn counters(sidecar: &support::Sidecar) -> (f64, f64) {
     )
 }
 
-async fn wait_status(sidecar: &support::Sidecar, status: u16) -> Duration {
-    let start = Instant::now();
-    while sidecar.get("/readyz").await.0 != status {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
+/// Longest wait for a readiness change; the harness fails past it.
+const WAIT_LIMIT: Duration = Duration::from_secs(600);
 
 #[tokio::main]
 async fn main() {
@@ -107,7 +102,7 @@ async fn main() {
     let mut env = cluster.connection_env();
     env.push(("PROBE_LISTEN".into(), "127.0.0.1:0".into()));
     let sidecar = Arc::new(support::Sidecar::start(support::config(&env)).await);
-    wait_status(&sidecar, 200).await;
+    sidecar.wait_status("/readyz", 200, WAIT_LIMIT).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
 
     let timeline = Arc::new(Mutex::new(Timeline::default()));
@@ -176,7 +171,7 @@ async fn main() {
     let mut cluster = cluster;
     cluster.kill_all();
     let outage = Instant::now();
-    let detected = wait_status(&sidecar, 503).await;
+    let detected = sidecar.wait_status("/readyz", 503, WAIT_LIMIT).await.0;
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
     let cluster = tokio::task::spawn_blocking(move || {
         cluster.restart_all(Duration::from_secs(120));
@@ -184,7 +179,7 @@ async fn main() {
     })
     .await
     .unwrap();
-    let recovered = wait_status(&sidecar, 200).await;
+    let recovered = sidecar.wait_status("/readyz", 200, WAIT_LIMIT).await.0;
     tokio::time::sleep(Duration::from_secs(6)).await;
     phases.push(finish(p, counters(&sidecar).await, &logs));
     poller.abort();

@@ -13,15 +13,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-async fn wait_status(sidecar: &support::Sidecar, status: u16) -> Duration {
-    let start = Instant::now();
-    while sidecar.get("/readyz").await.0 != status {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
+/// Longest wait for a readiness change; the harness fails past it.
+const WAIT_LIMIT: Duration = Duration::from_secs(600);
 
 #[tokio::main]
 async fn main() {
@@ -38,13 +33,13 @@ async fn main() {
     let mut env = cluster.connection_env();
     env.push(("PROBE_LISTEN".into(), "127.0.0.1:0".into()));
     let sidecar = support::Sidecar::start(support::config(&env)).await;
-    let first = wait_status(&sidecar, 200).await;
+    let first = sidecar.wait_status("/readyz", 200, WAIT_LIMIT).await.0;
     println!("start -> ready: {first:.1?} (includes the jittered first check)");
     for run in 1..=runs {
         // Let the loop settle at its normal cadence before the outage.
         tokio::time::sleep(Duration::from_secs(12)).await;
         cluster.kill_all();
-        let down = wait_status(&sidecar, 503).await;
+        let down = sidecar.wait_status("/readyz", 503, WAIT_LIMIT).await.0;
         tokio::time::sleep(hold.saturating_sub(down)).await;
         cluster = tokio::task::spawn_blocking(move || {
             cluster.restart_all(Duration::from_secs(120));
@@ -52,7 +47,7 @@ async fn main() {
         })
         .await
         .unwrap();
-        let up = wait_status(&sidecar, 200).await;
+        let up = sidecar.wait_status("/readyz", 200, WAIT_LIMIT).await.0;
         println!(
             "run {run}: full outage -> 503 in {down:.1?}; cluster healthy -> 200 in {up:.1?} (outage held {hold:?})"
         );

@@ -133,16 +133,9 @@ fn main() -> ExitCode {
     for w in &config.warnings {
         tracing::warn!(warning = %w, "configuration warning");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("redis-probe: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
@@ -173,17 +166,19 @@ fn main() -> ExitCode {
     })
 }
 
+/// Builds a tokio runtime, or says why not.
+fn runtime(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("redis-probe: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// Runs `diagnose` on a small runtime of its own; logs stay off so the report is the output.
 fn diagnose(config: &Config, opts: &redis_probe::diagnose::Options) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("redis-probe: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let report = runtime.block_on(redis_probe::diagnose::run(config, opts));
     if opts.json {
