@@ -330,13 +330,15 @@ pub async fn run(config: &Config, opts: &Options) -> Report {
     medians.sort_by(f64::total_cmp);
     let typical = medians.get(medians.len() / 2).copied().unwrap_or(0.0);
     for l in &r.latency {
-        if r.latency.len() > 1 && l.p99_ms > 5.0 && l.p99_ms > 5.0 * typical.max(0.1) {
+        // The median, not the p99: over a few seconds of samples the p99 is one sample, and
+        // one late PING on a busy host is not a slow node.
+        if r.latency.len() > 1 && l.median_ms > 5.0 && l.median_ms > 5.0 * typical.max(0.1) {
             findings.push(find(
                 "latency",
                 "slow_node",
                 format!(
-                    "{}: p99 {:.1} ms, the typical node's median is {:.2} ms",
-                    l.node, l.p99_ms, typical
+                    "{}: median {:.1} ms (p99 {:.1} ms), the typical node's median is {:.2} ms",
+                    l.node, l.median_ms, l.p99_ms, typical
                 ),
             ));
         }

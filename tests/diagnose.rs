@@ -161,7 +161,7 @@ async fn healthy_report_and_each_fault_as_a_finding() {
     assert_finding(&r, "slow_node");
     assert!(
         r.text
-            .contains(&format!("{}: p99", cluster.nodes[1].addr())),
+            .contains(&format!("{}: median", cluster.nodes[1].addr())),
         "{}",
         r.text
     );

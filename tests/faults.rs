@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Cluster, Options, Sidecar, config, sample};
+use support::{Cluster, Options, Sidecar, config, patient_timeouts, sample};
 
 /// Polls `/readyz` every 20 ms for `hold`, failing if it ever answers anything but 200.
 async fn stays_ready(sidecar: &Sidecar, hold: Duration) -> usize {
@@ -37,7 +37,9 @@ async fn connection_reset_by_peer() {
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(opts))
         .await
         .unwrap();
-    let sidecar = Sidecar::start(config(&env_with(&cluster, PATIENT))).await;
+    let mut env = cluster.env();
+    env.extend(patient_timeouts());
+    let sidecar = Sidecar::start(config(&env)).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(15))
         .await;
@@ -85,15 +87,6 @@ async fn connection_reset_by_peer() {
         .await;
     sidecar.stop().await;
 }
-
-/// The default attempt and socket timeouts, for the tests whose claim is that retries absorb
-/// a transient fault: with the fast timings' 500 ms, a debug build reconnecting six TLS
-/// connections on a busy 2-core machine can time out, which is a different fault.
-const PATIENT: &[(&str, &str)] = &[
-    ("PROBE_ATTEMPT_TIMEOUT", "2s"),
-    ("REDIS_DIAL_TIMEOUT", "2s"),
-    ("REDIS_READ_TIMEOUT", "2s"),
-];
 
 /// Overrides on top of the fast test timings.
 fn env_with(cluster: &Cluster, extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -155,7 +148,8 @@ async fn dropped_connections_are_absorbed() {
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
-    let mut env = env_with(&cluster, PATIENT);
+    let mut env = cluster.env();
+    env.extend(patient_timeouts());
     env.extend(
         [("PROBE_ATTEMPTS", "3"), ("PROBE_RETRY_BACKOFF", "250ms")]
             .map(|(k, v)| (k.to_string(), v.to_string())),

@@ -361,6 +361,12 @@ impl Cluster {
     }
 
     pub fn cli_output(&self, i: usize, args: &[&str]) -> std::process::Output {
+        run_with_timeout(self.cli_command(i, args), Duration::from_secs(10))
+    }
+
+    /// The `redis-cli` command line for node `i` (TLS, password), for callers that stream its
+    /// output (`MONITOR`).
+    pub fn cli_command(&self, i: usize, args: &[&str]) -> Command {
         let port = self.nodes[i].port.to_string();
         let mut cmd = Command::new(&self.redis_cli);
         cmd.args(["--tls", "--cacert"])
@@ -383,7 +389,7 @@ impl Cluster {
             cmd.args(["--sni", HOST_ONLY_NAME]);
         }
         cmd.args(args);
-        run_with_timeout(cmd, Duration::from_secs(10))
+        cmd
     }
 
     /// Polls `f` until it holds, or panics after `limit` with `what`.
@@ -531,13 +537,28 @@ pub fn fast_timings() -> Vec<(String, String)> {
     .collect()
 }
 
+/// The default attempt and socket timeouts, for tests whose claim needs no attempt to time
+/// out (connections made once, retries absorbing a transient fault): with the fast timings'
+/// 500 ms, a debug build opening six TLS connections on a busy 2-core machine can time out,
+/// which is a different fault.
+pub fn patient_timeouts() -> Vec<(String, String)> {
+    [
+        ("PROBE_ATTEMPT_TIMEOUT", "2s"),
+        ("REDIS_DIAL_TIMEOUT", "2s"),
+        ("REDIS_READ_TIMEOUT", "2s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// Builds a config from `env` pairs, later pairs winning.
 pub fn config(env: &[(String, String)]) -> Config {
     let vars: EnvVars = env.iter().cloned().collect();
     Config::from_sources(&vars, None).unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
 }
 
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
