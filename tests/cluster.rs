@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Options, Sidecar, config, sample};
+use support::{Cluster, Options, Sidecar, config, patient_timeouts, sample};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_cluster_is_ready_and_exports_every_node() {
@@ -12,6 +12,8 @@ async fn healthy_cluster_is_ready_and_exports_every_node() {
         .await
         .unwrap();
     let mut env = cluster.env();
+    // No attempt may time out for the connection and command counts below to be exact.
+    env.extend(patient_timeouts());
     // One INFO read (after the first check), so the command count below is exact.
     env.push(("PROBE_INFO_INTERVAL".into(), "1h".into()));
     let sidecar = Sidecar::start(config(&env)).await;
@@ -72,6 +74,19 @@ async fn healthy_cluster_is_ready_and_exports_every_node() {
         sample(&m, "redis_probe_commands_total"),
         Some(8.0 * checks + 7.0),
         "{m}"
+    );
+
+    // The topology reads move from node to node: a fleet must not all ask one primary.
+    let asked = (0..cluster.nodes.len())
+        .filter(|i| {
+            cluster
+                .cli(*i, &["INFO", "commandstats"])
+                .contains("cmdstat_cluster|shards:calls=")
+        })
+        .count();
+    assert!(
+        asked >= 2,
+        "{checks} checks read the topology from {asked} node(s)"
     );
 
     // A replica that dies is reported but does not fail readiness.

@@ -2,12 +2,13 @@
 //!
 //! [`RedisProbe`] keeps exactly one multiplexed connection per cluster node (TLS and AUTH
 //! included) and, on each [`RedisProbe::check`]:
-//! 1. asks one node that answers for the topology (`CLUSTER SHARDS`, or `CLUSTER SLOTS` on
+//! 1. PINGs every known node concurrently, each bounded by the attempt deadline, so one frozen
+//!    node costs one timeout and does not delay the others' results;
+//! 2. asks one node that answered for the topology (`CLUSTER SHARDS`, or `CLUSTER SLOTS` on
 //!    servers without it, pipelined with `CLUSTER INFO`), so failovers and new nodes are
-//!    followed within one check; the configured seed addresses are used only when no known
-//!    node answers;
-//! 2. PINGs every node concurrently, each bounded by the attempt deadline, so one frozen node
-//!    costs one timeout and does not delay the others' results.
+//!    followed within one check, and PINGs any node it adds. The node asked moves on every
+//!    attempt, so a fleet of sidecars spreads these reads over the cluster; the configured
+//!    seed addresses are asked only when no known node answers.
 //!
 //! The check passes when every shard that holds slots has a primary that answered. A replica
 //! that fails is reported but does not fail the check.
@@ -142,6 +143,10 @@ pub struct RedisProbe {
     topology: Option<Topology>,
     /// Set when a server rejected `CLUSTER SHARDS` (Redis 6).
     use_cluster_slots: bool,
+    /// Which answered node is asked for the topology first: advanced every attempt from a
+    /// random start, so a fleet of sidecars spreads its topology reads over the nodes instead
+    /// of all asking the first primary.
+    rotation: usize,
     /// This attempt's cost so far; concurrent PINGs add to it through `&self`.
     dials: AtomicU32,
     commands: AtomicU32,
@@ -168,6 +173,7 @@ impl RedisProbe {
             conns: HashMap::new(),
             topology: None,
             use_cluster_slots: false,
+            rotation: rand::random::<u16>() as usize,
             dials: AtomicU32::new(0),
             commands: AtomicU32::new(0),
         })
@@ -537,7 +543,11 @@ impl RedisProbe {
             .filter(|r| r.result.is_ok())
             .map(|r| r.addr.clone())
             .collect();
-        candidates.sort_by_key(|a| reports.iter().find(|r| &r.addr == a).map(|r| r.role));
+        if !candidates.is_empty() {
+            self.rotation = self.rotation.wrapping_add(1);
+            let start = self.rotation % candidates.len();
+            candidates.rotate_left(start);
+        }
         for seed in &self.settings.seeds {
             // A seed that is a node which just failed would only fail again.
             if !reports.iter().any(|r| &r.addr == seed) {
