@@ -114,7 +114,7 @@ pub trait Probe: Send + 'static {
 pub struct InfoReport {
     /// Nodes that answered `INFO`.
     pub nodes: Vec<(HostPort, Role, info::NodeInfo)>,
-    /// `CLUSTER INFO` of one primary (cluster mode only).
+    /// `CLUSTER INFO` as read with the last check's topology (cluster mode only).
     pub cluster: Option<info::ClusterInfo>,
     /// Shards in the topology (with slots), as this probe sees them.
     pub shards: usize,
@@ -143,6 +143,9 @@ pub struct RedisProbe {
     topology: Option<Topology>,
     /// Set when a server rejected `CLUSTER SHARDS` (Redis 6).
     use_cluster_slots: bool,
+    /// `CLUSTER INFO` as read with the last topology, for the next INFO read to publish
+    /// (with the lines that did not parse): no second `CLUSTER INFO` is sent for it.
+    cluster_info: Option<(info::ClusterInfo, u32)>,
     /// Which answered node is asked for the topology first: advanced every attempt from a
     /// random start, so a fleet of sidecars spreads its topology reads over the nodes instead
     /// of all asking the first primary.
@@ -173,6 +176,7 @@ impl RedisProbe {
             conns: HashMap::new(),
             topology: None,
             use_cluster_slots: false,
+            cluster_info: None,
             rotation: rand::random::<u16>() as usize,
             dials: AtomicU32::new(0),
             commands: AtomicU32::new(0),
@@ -357,11 +361,12 @@ impl RedisProbe {
                             continue;
                         }
                     };
-                    let failure =
-                        (topology::cluster_state_ok(&info) == Some(false)).then(|| Failure {
-                            reason: Reason::ClusterDown,
-                            detail: format!("{addr} reports cluster_state:fail"),
-                        });
+                    let cluster_info = info::ClusterInfo::parse(&info);
+                    let failure = (cluster_info.0.state_ok == Some(false)).then(|| Failure {
+                        reason: Reason::ClusterDown,
+                        detail: format!("{addr} reports cluster_state:fail"),
+                    });
+                    self.cluster_info = Some(cluster_info);
                     return (Some(t), failure);
                 }
                 Ok(Err(e)) if !self.use_cluster_slots && is_unknown_subcommand(&e) => {
@@ -445,8 +450,9 @@ impl RedisProbe {
     }
 
     /// Reads `INFO clients stats` from every node with an open connection (and `maxclients`
-    /// with `CONFIG GET` where INFO lacks it and CONFIG is allowed), and `CLUSTER INFO` from one
-    /// primary. Opens no new connection: nodes the check could not reach are skipped.
+    /// with `CONFIG GET` where INFO lacks it and CONFIG is allowed), and hands on the
+    /// `CLUSTER INFO` the last check read with the topology. Opens no new connection: nodes the
+    /// check could not reach are skipped.
     pub async fn collect_info(&mut self, deadline: Instant) -> InfoReport {
         let Some(topology) = self.topology.clone() else {
             return InfoReport::default();
@@ -498,25 +504,9 @@ impl RedisProbe {
             report.parse_errors += errors;
             report.nodes.push((addr, role, info));
         }
-        if self.settings.cluster_mode
-            && let Some((_, _, conn)) = nodes.iter().find(|(a, r, _)| {
-                *r == Role::Primary && report.nodes.iter().any(|(n, _, _)| n == a)
-            })
-        {
-            let mut conn = conn.clone();
-            commands.fetch_add(1, Ordering::Relaxed);
-            if let Ok(Ok(text)) = timeout_at(
-                deadline,
-                redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async::<String>(&mut conn),
-            )
-            .await
-            {
-                let (c, errors) = info::ClusterInfo::parse(&text);
-                report.parse_errors += errors;
-                report.cluster = Some(c);
-            }
+        if let Some((cluster, errors)) = self.cluster_info.take() {
+            report.parse_errors += errors;
+            report.cluster = Some(cluster);
         }
         report.cost = Cost {
             dials: 0,

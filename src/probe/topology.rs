@@ -275,13 +275,6 @@ fn finish(mut shards: Vec<Shard>) -> Topology {
     Topology { shards }
 }
 
-/// Reads `cluster_state` from `CLUSTER INFO`.
-pub fn cluster_state_ok(info: &str) -> Option<bool> {
-    info.lines()
-        .find_map(|l| l.trim().strip_prefix("cluster_state:"))
-        .map(|s| s.trim() == "ok")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,15 +428,5 @@ mod tests {
         assert_eq!(t.shards.len(), 2);
         assert_eq!(t.shards[0].slots, 101 + 101);
         assert_eq!(t.shards[0].nodes.len(), 2);
-    }
-
-    #[test]
-    fn cluster_state() {
-        assert_eq!(
-            cluster_state_ok("cluster_enabled:1\r\ncluster_state:ok\r\n"),
-            Some(true)
-        );
-        assert_eq!(cluster_state_ok("cluster_state:fail\r\n"), Some(false));
-        assert_eq!(cluster_state_ok("garbage"), None);
     }
 }
