@@ -63,6 +63,11 @@ pub struct Extra {
 }
 
 impl Extra {
+    /// True before the first poll (a non-critical check then passes, saying so).
+    pub fn pending(&self) -> bool {
+        self.state.borrow().last.is_none()
+    }
+
     /// `Ok` or the text to show after `failed:`.
     pub fn status(&self) -> Result<(), String> {
         let s = self.state.borrow();
@@ -349,4 +354,32 @@ async fn grpc_export(uri: &Uri) -> Result<(), Failure> {
     .await;
     driver.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extra(critical: bool, last: Option<Result<(), Failure>>) -> Extra {
+        let (_tx, state) = watch::channel(CheckState {
+            last,
+            ..CheckState::default()
+        });
+        Extra {
+            name: "otlp",
+            critical,
+            state,
+        }
+    }
+
+    #[test]
+    fn before_the_first_poll() {
+        let gating = extra(true, None);
+        assert_eq!(gating.status(), Err("not checked yet".into()));
+        let informative = extra(false, None);
+        assert!(informative.pending());
+        assert_eq!(informative.status(), Ok(()));
+        let polled = extra(false, Some(Ok(())));
+        assert!(!polled.pending());
+    }
 }

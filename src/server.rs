@@ -275,10 +275,11 @@ fn ready_checks(state: &AppState, now: Instant) -> Vec<Check> {
             Err(text) if extra.critical => Status::Failed(text),
             Err(text) => Status::NonCritical(text),
         };
+        let note = (!extra.critical && extra.pending()).then(|| "(not checked yet)".to_string());
         checks.push(Check {
             name: extra.name,
             status,
-            note: None,
+            note,
         });
     }
     checks
