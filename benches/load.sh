@@ -33,6 +33,8 @@ nodes=$(echo "$ports" | wc -w)
 # Each call opens one redis-cli connection per node, which the counter includes: callers
 # subtract $nodes for the call that ends a measurement.
 received() { local t=0; for p in $ports; do t=$((t + $(cli "$p" INFO stats | tr -d '\r' | awk -F: '/^total_connections_received/{print $2}'))); done; echo $t; }
+# Redis CPU seconds (user + sys) summed over the nodes.
+redis_cpu() { local t=0; for p in $ports; do t=$(cli "$p" INFO cpu | tr -d '\r' | awk -F: -v t="$t" '/^used_cpu_(sys|user):/{t+=$2} END{print t}'); done; echo $t; }
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }   # clock ticks (1/100 s)
 
@@ -63,14 +65,14 @@ bench() {
 echo "machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3=""; print; exit}' /proc/cpuinfo)"
 rss_probe_idle=$(rss $probe); rss_exp_idle=$(rss $exporter)
 read -r h_rps h50 h99 <<<"$(bench http://127.0.0.1:18090/)"
-c0=$(cpu $probe); r0=$(received)
+c0=$(cpu $probe); r0=$(received); rc0=$(redis_cpu)
 read -r r_rps r50 r99 <<<"$(bench http://127.0.0.1:18081/readyz)"
 read -r m_rps m50 m99 <<<"$(bench http://127.0.0.1:18081/metrics)"
-c1=$(cpu $probe); r1=$(received)
+c1=$(cpu $probe); r1=$(received); rc1=$(redis_cpu)
 rss_probe_load=$(rss $probe)
-e0=$(cpu $exporter); x0=$(received)
+e0=$(cpu $exporter); x0=$(received); ec0=$(redis_cpu)
 read -r e_rps e50 e99 <<<"$(DUR=${EXPORTER_DUR:-5s} bench http://127.0.0.1:19121/metrics)"
-e1=$(cpu $exporter); x1=$(received)
+e1=$(cpu $exporter); x1=$(received); ec1=$(redis_cpu)
 rss_exp_load=$(rss $exporter)
 probe_reqs=$(awk -v a="$r_rps" -v b="$m_rps" -v d="${DUR%s}" -v n="$RUNS" 'BEGIN{print (a+b)*d*n}')
 exp_reqs=$(awk -v a="$e_rps" -v d="${EXPORTER_DUR:-5s}" -v n="$RUNS" 'BEGIN{sub("s","",d); print a*d*n}')
@@ -89,6 +91,8 @@ printf '| redis_exporter | /metrics | %s | %s | %s | %.3f |\n' "$e_rps" "$e50" "
 printf '\n| | redis-probe | redis_exporter | redis-cli --tls ping |\n|---|---|---|---|\n'
 printf '| RSS idle / after load (KiB) | %s / %s | %s / %s | - |\n' "$rss_probe_idle" "$rss_probe_load" "$rss_exp_idle" "$rss_exp_load"
 printf '| CPU per request (us) | %.1f | %.1f | - |\n' "$(awk -v c="$((c1-c0))" -v n="$probe_reqs" 'BEGIN{print c*10000/n}')" "$(awk -v c="$((e1-e0))" -v n="$exp_reqs" 'BEGIN{print c*10000/n}')"
+# For redis-probe the Redis CPU in its window is its background loop's, spread over the requests.
+printf '| Redis CPU per request (us) | %.2f | %.1f | - |\n' "$(awk -v a="$rc0" -v b="$rc1" -v n="$probe_reqs" 'BEGIN{print (b-a)*1e6/n}')" "$(awk -v a="$ec0" -v b="$ec1" -v n="$exp_reqs" 'BEGIN{print (b-a)*1e6/n}')"
 printf '| new Redis connections per request | %.4f | %.2f | %.2f |\n' "$(awk -v c="$((r1-r0-nodes))" -v n="$probe_reqs" 'BEGIN{print c/n}')" "$(awk -v c="$((x1-x0-nodes))" -v n="$exp_reqs" 'BEGIN{print c/n}')" "$(awk -v c="$((x3-x2-nodes))" 'BEGIN{print c/50}')"
 printf '| /metrics throughput vs redis_exporter | %.0fx | 1x | - |\n' "$(awk -v a="$m_rps" -v b="$e_rps" 'BEGIN{print a/b}')"
 printf '| wall time per probe (ms) | %s (p50 of /readyz) | - | %s |\n' "$r50" "$cli_ms"
