@@ -52,9 +52,9 @@ type Info = HashMap<String, String>;
 fn info(c: &Cluster, i: usize) -> Option<Info> {
     let out = c.cli_output(i, &["INFO", "clients", "stats", "cpu", "commandstats"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let m: Info = text
-        .lines()
-        .filter_map(|l| l.trim_end().split_once(':'))
+    let m: Info = redis_probe::probe::info::parse_info(&text)
+        .0
+        .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     m.contains_key("total_connections_received").then_some(m)
@@ -397,10 +397,7 @@ struct Run {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args = support::numeric_args();
     let n = args.first().copied().unwrap_or(100) as usize;
     let runs = args.get(1).copied().unwrap_or(1);
     let hold = Duration::from_secs(args.get(2).copied().unwrap_or(90));

@@ -20,10 +20,7 @@ const WAIT_LIMIT: Duration = Duration::from_secs(600);
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args = support::numeric_args();
     let runs = args.first().copied().unwrap_or(1);
     let hold = Duration::from_secs(args.get(1).copied().unwrap_or(40));
     let mut cluster =

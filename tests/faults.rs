@@ -148,12 +148,11 @@ async fn dropped_connections_are_absorbed() {
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
-    let mut env = cluster.env();
-    env.extend(patient_timeouts());
-    env.extend(
-        [("PROBE_ATTEMPTS", "3"), ("PROBE_RETRY_BACKOFF", "250ms")]
-            .map(|(k, v)| (k.to_string(), v.to_string())),
+    let mut env = env_with(
+        &cluster,
+        &[("PROBE_ATTEMPTS", "3"), ("PROBE_RETRY_BACKOFF", "250ms")],
     );
+    env.extend(patient_timeouts());
     let sidecar = Sidecar::start(config(&env)).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(15))

@@ -552,6 +552,14 @@ pub fn patient_timeouts() -> Vec<(String, String)> {
     .collect()
 }
 
+/// The numeric command-line arguments of a measuring example, in order (others skipped).
+pub fn numeric_args() -> Vec<u64> {
+    std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
 /// Builds a config from `env` pairs, later pairs winning.
 pub fn config(env: &[(String, String)]) -> Config {
     let vars: EnvVars = env.iter().cloned().collect();
