@@ -88,7 +88,7 @@ async fn pool_usage_is_counted_from_the_pods_sockets() {
             &sidecar,
             "redis_pool_max_conns",
             |v| v > 0.0,
-            Duration::from_secs(5)
+            Duration::from_secs(10)
         )
         .await,
         30.0
@@ -101,7 +101,7 @@ async fn pool_usage_is_counted_from_the_pods_sockets() {
         &sidecar,
         "redis_pool_current_conns",
         |v| v >= 0.0,
-        Duration::from_secs(5),
+        Duration::from_secs(10),
     )
     .await;
     assert!(
@@ -114,7 +114,7 @@ async fn pool_usage_is_counted_from_the_pods_sockets() {
         &sidecar,
         "redis_pool_current_conns",
         |v| v == baseline + 7.0,
-        Duration::from_secs(5),
+        Duration::from_secs(10),
     )
     .await;
     let m = sidecar.metrics().await;
@@ -128,7 +128,7 @@ async fn pool_usage_is_counted_from_the_pods_sockets() {
         &sidecar,
         "redis_pool_current_conns",
         |v| v == baseline,
-        Duration::from_secs(5),
+        Duration::from_secs(10),
     )
     .await;
     sidecar.stop().await;
@@ -155,7 +155,7 @@ async fn info_and_cluster_info_follow_the_cluster() {
         &sidecar,
         "redis_cluster_slots_ok",
         |v| v == 16384.0,
-        Duration::from_secs(5),
+        Duration::from_secs(10),
     )
     .await;
     let m = sidecar.metrics().await;
