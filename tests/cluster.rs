@@ -135,6 +135,10 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(15))
         .await;
+    // A loaded machine can fail the first checks (500 ms dials) and open the breaker once
+    // before the cluster is reached: count the openings from the outage on.
+    let opened = "redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}";
+    let opened_before = sample(&sidecar.metrics().await, opened).unwrap();
 
     cluster.kill_all();
     // Scheduling slack for a loaded 2-core machine; the measured figure is printed.
@@ -167,11 +171,9 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
         "{m}"
     );
     assert_eq!(
-        sample(
-            &m,
-            "redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}"
-        ),
-        Some(1.0)
+        sample(&m, opened),
+        Some(opened_before + 1.0),
+        "one opening for one outage:\n{m}"
     );
 
     // Hold the outage long enough for the open duration to grow to its maximum.
@@ -194,9 +196,10 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
     })
     .await
     .unwrap();
-    // open duration max (2 s) + interval + one check, with slack.
+    // Open duration max (2 s) + interval + one check is ~3 s; the slack lets a loaded machine
+    // lose one trial to a slow TLS dial (another 2 s open) and still pass.
     let (took, _) = sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(6))
+        .wait_status("/readyz", 200, Duration::from_secs(8))
         .await;
     eprintln!("cluster healthy -> 200 in {took:?}");
     let m = sidecar.metrics().await;
