@@ -188,7 +188,7 @@ async fn metrics_pass_promtool() {
         .unwrap();
     let sidecar = support::Sidecar::start(support::config(&cluster.env())).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let plain = sidecar.metrics().await;
     // promtool reads the Prometheus text format, which is what a client gets without asking

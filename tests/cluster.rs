@@ -20,7 +20,7 @@ async fn healthy_cluster_is_ready_and_exports_every_node() {
 
     assert_eq!(sidecar.get("/livez").await, (200, "ok\n".into()));
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let (status, body) = sidecar.get("/readyz?verbose").await;
     assert_eq!(status, 200);
@@ -133,7 +133,7 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
         .unwrap();
     let sidecar = Sidecar::start(config(&cluster.env())).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     // A loaded machine can fail the first checks (500 ms dials) and open the breaker once
     // before the cluster is reached: count the openings from the outage on.

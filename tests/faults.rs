@@ -44,7 +44,7 @@ async fn connection_reset_by_peer() {
     env.push(("PROBE_ATTEMPTS".into(), "3".into()));
     let sidecar = Sidecar::start(config(&env)).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
 
     // Intermittent: forget every open connection once a second for 10 s.
@@ -85,7 +85,7 @@ async fn connection_reset_by_peer() {
     );
     cluster.proxies.iter().for_each(|p| p.set_refusing(false));
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     sidecar.stop().await;
 }
@@ -157,7 +157,7 @@ async fn dropped_connections_are_absorbed() {
     env.extend(patient_timeouts());
     let sidecar = Sidecar::start(config(&env)).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let cluster = std::sync::Arc::new(cluster);
     let attempts = |m: &str, result: &str| {
@@ -251,7 +251,7 @@ async fn unplanned_failover_does_not_flip() {
         .unwrap();
     let sidecar = Sidecar::start(config(&default_timings(&cluster))).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let primary = cluster.primaries()[0];
     let replica = cluster.replica_of(primary);
@@ -309,7 +309,7 @@ async fn planned_failover_is_followed() {
         .unwrap();
     let sidecar = Sidecar::start(config(&env_with(&cluster, &[("PROBE_INTERVAL", "1s")]))).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let primary = cluster.primaries()[0];
     let replica = cluster.replica_of(primary);
@@ -356,7 +356,7 @@ async fn frozen_primary_times_out_without_flipping() {
     );
     let sidecar = Sidecar::start(config(&env)).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let primary = cluster.primaries()[0];
     let cluster = std::sync::Arc::new(cluster);
@@ -415,10 +415,10 @@ async fn partial_outage_is_no_primary() {
     )))
     .await;
     strict
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     degraded
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let primary = cluster.primaries()[0];
     let replica = cluster.replica_of(primary);
@@ -475,7 +475,7 @@ async fn full_outage_logs_each_change_once() {
         .unwrap();
     let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &cluster.env()).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     // Log lines from here on are the outage's: a busy machine may have logged a transient
     // timeout before it.

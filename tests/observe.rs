@@ -81,7 +81,7 @@ async fn pool_usage_is_counted_from_the_pods_sockets() {
     // A separate process, as a sidecar is: this test's own connections are "the app's".
     let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &env).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
 
     // go-redis: 10 per node x 3 primaries (no replica reads).
@@ -151,7 +151,7 @@ async fn info_and_cluster_info_follow_the_cluster() {
     );
     let sidecar = Sidecar::start(support::config(&env)).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     wait_metric(
         &sidecar,

@@ -27,7 +27,7 @@ async fn rotated_token_is_read_again_after_auth_fails() {
     ));
     let sidecar = Sidecar::start(config(&env)).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
 
     let new = "r0tated-Token-2";
@@ -68,7 +68,7 @@ async fn rotated_token_is_read_again_after_auth_fails() {
 
     std::fs::write(&token_file, format!("{new}\n")).unwrap();
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let all = sidecar.get("/readyz?verbose").await.1 + &sidecar.metrics().await;
     assert!(!all.contains(new));

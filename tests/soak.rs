@@ -43,7 +43,7 @@ async fn thousand_reconnects_keep_rss_and_fds_flat() {
     );
     let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &env).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let pid = sidecar.pid().unwrap();
 

@@ -42,7 +42,7 @@ async fn server_name_and_wrong_ca() {
     env.push(("REDIS_TLS_SERVER_NAME".into(), HOST_ONLY_NAME.into()));
     let named = Sidecar::start(config(&env)).await;
     named
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let m = named.metrics().await;
     assert_eq!(
@@ -85,7 +85,7 @@ async fn standalone_server() {
         .unwrap();
     let sidecar = Sidecar::start(config(&server.env())).await;
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let m = sidecar.metrics().await;
     let series = format!(
@@ -143,7 +143,7 @@ async fn mutual_tls() {
     ));
     let with_cert = Sidecar::start(config(&env)).await;
     with_cert
-        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     with_cert.stop().await;
 }
