@@ -197,9 +197,9 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
     .await
     .unwrap();
     // Open duration max (2 s) + interval + one check is ~3 s; the slack lets a loaded machine
-    // lose one trial to a slow TLS dial (another 2 s open) and still pass.
+    // lose a trial or two to slow TLS dials (2 s open each) and still pass.
     let (took, _) = sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(8))
+        .wait_status("/readyz", 200, Duration::from_secs(10))
         .await;
     eprintln!("cluster healthy -> 200 in {took:?}");
     let m = sidecar.metrics().await;

@@ -517,17 +517,17 @@ async fn full_outage_logs_each_change_once() {
     })
     .await
     .unwrap();
+    // Open duration max (2 s) + one check is ~3 s; the slack lets a loaded machine lose a
+    // trial or two to slow TLS dials.
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(6))
+        .wait_status("/readyz", 200, Duration::from_secs(10))
         .await;
     let logs = sidecar.logs();
-    let count = |needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+    let outage = &logs[logged_before..];
+    let count = |needle: &str| outage.lines().filter(|l| l.contains(needle)).count();
     assert_eq!(count("circuit breaker opened"), 1, "{logs}");
     assert_eq!(count("circuit breaker closed"), 1, "{logs}");
-    let outage_failures = logs[logged_before..]
-        .lines()
-        .filter(|l| l.contains("\"msg\":\"Redis health check failed\""))
-        .count();
+    let outage_failures = count("\"msg\":\"Redis health check failed\"");
     assert!(
         outage_failures <= 2,
         "one line per change of reason:\n{logs}"
