@@ -102,6 +102,11 @@ fn proc_rss_kib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A row of a table comparing two settings.
+fn row(name: &str, left: f64, right: f64) {
+    println!("| {name} | {left:.1} | {right:.1} |");
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -127,9 +132,8 @@ struct Fleet {
 impl Fleet {
     /// Starts `n` sidecars at once and waits until each answers 200.
     async fn start(bin: &str, cluster: &Cluster, n: usize, extra: &[(&str, &str)]) -> Fleet {
-        let mut env = cluster.connection_env();
-        env.push(("PROBE_LOG_LEVEL".into(), "warn".into()));
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let env = support::with_vars(cluster.connection_env(), &[("PROBE_LOG_LEVEL", "warn")]);
+        let env = support::with_vars(env, extra);
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..n {
             let (bin, env) = (bin.to_string(), env.clone());
@@ -522,11 +526,7 @@ fn report(title: &str, n: usize, runs: &[Run]) {
     println!("\n| PINGs on one node per 100 ms | default jitter (0.2) | PROBE_JITTER=0 |");
     println!("|---|---|---|");
     let a = |name: &str, f: &dyn Fn(&Arrivals) -> f64| {
-        println!(
-            "| {name} | {:.1} | {:.1} |",
-            m(&|r| f(&r.jittered)),
-            m(&|r| f(&r.herd))
-        );
+        row(name, m(&|r| f(&r.jittered)), m(&|r| f(&r.herd)))
     };
     a("mean", &|x| x.mean);
     a("p99", &|x| x.p99);
@@ -538,11 +538,7 @@ fn report(title: &str, n: usize, runs: &[Run]) {
     );
     println!("|---|---|---|");
     let s = |name: &str, f: &dyn Fn(&Storm) -> f64| {
-        println!(
-            "| {name} | {:.1} | {:.1} |",
-            m(&|r| f(&r.backoff)),
-            m(&|r| f(&r.no_backoff))
-        );
+        row(name, m(&|r| f(&r.backoff)), m(&|r| f(&r.no_backoff)))
     };
     s("open duration reached (s)", &|x| x.open_duration_s);
     s("dials per sidecar per minute while down", &|x| {

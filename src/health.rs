@@ -163,9 +163,9 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
         (me, rx)
     }
 
-    /// Also publishes INFO (and the check's CLUSTER INFO) every `interval` (jittered), after a check; the first
-    /// read follows the first check, so the server-side metrics never start as fake zeros for
-    /// long.
+    /// Also publishes INFO (and the check's CLUSTER INFO) every `interval` (jittered), after
+    /// a check; the first read follows the first check, so the server-side metrics never start
+    /// as fake zeros for long.
     pub fn with_info(mut self, interval: Duration, maxclients: u64) -> Self {
         self.info = Some((interval, maxclients));
         self

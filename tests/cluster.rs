@@ -4,18 +4,16 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Options, Sidecar, config, patient_timeouts, sample};
+use support::{Cluster, Options, Sidecar, config, sample, with_vars};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_cluster_is_ready_and_exports_every_node() {
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
-    let mut env = cluster.env();
-    // No attempt may time out for the connection and command counts below to be exact.
-    env.extend(patient_timeouts());
-    // One INFO read (after the first check), so the command count below is exact.
-    env.push(("PROBE_INFO_INTERVAL".into(), "1h".into()));
+    // No attempt may time out for the connection and command counts below to be exact, and
+    // one INFO read (after the first check) keeps the command count exact.
+    let env = with_vars(cluster.patient_env(), &[("PROBE_INFO_INTERVAL", "1h")]);
     let sidecar = Sidecar::start(config(&env)).await;
 
     assert_eq!(sidecar.get("/livez").await, (200, "ok\n".into()));

@@ -46,10 +46,7 @@ fn diagnose(env: &[(String, String)], extra: &[&str]) -> Run {
 /// nodes on a loaded 2-core machine can time out, or one late PING can make the read timeout
 /// less than 10x the p99 of ten samples.
 fn patient_env(cluster: &Cluster) -> Vec<(String, String)> {
-    let mut env = cluster.env();
-    env.extend(support::patient_timeouts());
-    env.push(("REDIS_READ_TIMEOUT".into(), "10s".into()));
-    env
+    support::with_vars(cluster.patient_env(), &[("REDIS_READ_TIMEOUT", "10s")])
 }
 
 fn codes(r: &Run) -> Vec<String> {

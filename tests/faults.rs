@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Cluster, Options, Sidecar, config, patient_timeouts, sample};
+use support::{Cluster, Options, Sidecar, config, sample, with_vars};
 
 /// Polls `/readyz` every 20 ms for `hold`, failing if it ever answers anything but 200.
 async fn stays_ready(sidecar: &Sidecar, hold: Duration) -> usize {
@@ -37,11 +37,9 @@ async fn connection_reset_by_peer() {
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(opts))
         .await
         .unwrap();
-    let mut env = cluster.env();
-    env.extend(patient_timeouts());
     // The default attempts: a reconnect of six TLS connections in a debug build on a loaded
     // machine can take long enough to meet the next second's reset.
-    env.push(("PROBE_ATTEMPTS".into(), "3".into()));
+    let env = with_vars(cluster.patient_env(), &[("PROBE_ATTEMPTS", "3")]);
     let sidecar = Sidecar::start(config(&env)).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
@@ -92,9 +90,7 @@ async fn connection_reset_by_peer() {
 
 /// Overrides on top of the fast test timings.
 fn env_with(cluster: &Cluster, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env = cluster.env();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
+    with_vars(cluster.env(), extra)
 }
 
 /// The default schedule (5 s interval, 3 attempts, threshold 3), as the expectations
@@ -150,11 +146,10 @@ async fn dropped_connections_are_absorbed() {
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
-    let mut env = env_with(
-        &cluster,
+    let env = with_vars(
+        cluster.patient_env(),
         &[("PROBE_ATTEMPTS", "3"), ("PROBE_RETRY_BACKOFF", "250ms")],
     );
-    env.extend(patient_timeouts());
     let sidecar = Sidecar::start(config(&env)).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))

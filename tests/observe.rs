@@ -67,16 +67,14 @@ async fn pool_usage_is_counted_from_the_pods_sockets() {
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
-    let mut env = cluster.env();
     // Nothing here needs an attempt to time out; a loaded machine must not fail the dials.
-    env.extend(support::patient_timeouts());
-    env.extend(
-        [
+    let env = support::with_vars(
+        cluster.patient_env(),
+        &[
             ("REDIS_POOL_SIZE", "10"),
             ("PROBE_POOL_INTERVAL", "200ms"),
             ("PROBE_INFO_INTERVAL", "500ms"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
+        ],
     );
     // A separate process, as a sidecar is: this test's own connections are "the app's".
     let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &env).await;
@@ -139,15 +137,13 @@ async fn info_and_cluster_info_follow_the_cluster() {
     let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
-    let mut env = cluster.env();
     // Nothing here needs an attempt to time out; a loaded machine must not fail the dials.
-    env.extend(support::patient_timeouts());
-    env.extend(
-        [
+    let env = support::with_vars(
+        cluster.patient_env(),
+        &[
             ("PROBE_INFO_INTERVAL", "300ms"),
             ("PROBE_EXPECTED_SHARDS", "5"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
+        ],
     );
     let sidecar = Sidecar::start(support::config(&env)).await;
     sidecar

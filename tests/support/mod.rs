@@ -480,6 +480,12 @@ impl Cluster {
         v
     }
 
+    /// `env()` with the default attempt and socket timeouts (`patient_timeouts`), for tests
+    /// whose claim needs no attempt to time out.
+    pub fn patient_env(&self) -> Vec<(String, String)> {
+        with_vars(self.env(), &patient_timeouts())
+    }
+
     /// The variables that point a sidecar at this cluster, nothing else.
     pub fn connection_env(&self) -> Vec<(String, String)> {
         vec![
@@ -550,6 +556,19 @@ pub fn patient_timeouts() -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+/// `env` with `extra` appended (later pairs win in `config`).
+pub fn with_vars<K: AsRef<str>, V: AsRef<str>>(
+    mut env: Vec<(String, String)>,
+    extra: &[(K, V)],
+) -> Vec<(String, String)> {
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string())),
+    );
+    env
 }
 
 /// The numeric command-line arguments of a measuring example, in order (others skipped).
