@@ -11,7 +11,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::Method;
 use redis_probe::breaker::{Breaker, Settings};
 use redis_probe::config::{HostPort, OnFailure};
-use redis_probe::health::{HealthLoop, Schedule};
+use redis_probe::health::{HealthLoop, Timing};
 use redis_probe::metrics::{Metrics, Options};
 use redis_probe::probe::info::NodeInfo;
 use redis_probe::probe::{CheckReport, NodeReport, Probe, Role};
@@ -50,7 +50,8 @@ fn metrics_with(n: u16) -> Metrics {
         pool: true,
         pool_ceiling: true,
     });
-    m.record_check(Ok(()), 0.002, &nodes(n), 0.0);
+    m.health.record_check(Ok(()), 0.002, 0.0);
+    m.nodes.record(&nodes(n));
     m
 }
 
@@ -60,7 +61,7 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
     let state = rt.block_on(async {
-        let schedule = Schedule {
+        let schedule = Timing {
             interval: Duration::from_secs(5),
             jitter: 0.0,
             attempts: 1,
@@ -75,20 +76,13 @@ fn benches(c: &mut Criterion) {
             jitter: 0.0,
         };
         let metrics = Arc::new(metrics_with(6));
-        let (l, rx) = HealthLoop::new(
-            Passing,
-            schedule,
-            b,
-            NoJitter,
-            metrics.clone(),
-            OnFailure::Unready,
-        );
+        let (l, rx) = HealthLoop::new(Passing, schedule, b, NoJitter, metrics.clone());
         tokio::spawn(l.run());
         let mut rx2 = rx.clone();
         while rx2.borrow_and_update().last.is_none() {
             rx2.changed().await.unwrap();
         }
-        AppState::new(rx, metrics, OnFailure::Unready)
+        AppState::new(rx, metrics, OnFailure::Unready, vec![])
     });
     let _guard = rt.enter();
     c.bench_function("readyz from published state", |b| {

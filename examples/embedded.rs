@@ -13,7 +13,6 @@
 //! the port (`APP_LISTEN`, default 127.0.0.1:8000).
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -22,30 +21,17 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use redis_probe::config::Config;
-use redis_probe::health::{HealthLoop, Schedule};
-use redis_probe::metrics::Metrics;
-use redis_probe::probe::RedisProbe;
-use redis_probe::schedule::RandomJitter;
-use redis_probe::server::{self, AppState};
+use redis_probe::server;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(None).map_err(|e| format!("invalid configuration:\n{e}"))?;
-    redis_probe::install_crypto_provider();
     redis_probe::logging::init(&config.log);
 
-    // The same wiring as the sidecar's `run`, minus its server.
-    let metrics = Arc::new(Metrics::new());
-    let (health_loop, health) = HealthLoop::new(
-        RedisProbe::new(&config.redis)?,
-        Schedule::from_config(&config),
-        config.breaker(),
-        RandomJitter,
-        metrics.clone(),
-        config.probe.on_failure,
-    );
-    tokio::spawn(health_loop.run());
-    let state = AppState::new(health, metrics, config.probe.on_failure);
+    // The sidecar's own wiring (health loop, INFO reads, pool and certificate watchers, checks
+    // beside Redis); the app serves its state. The tasks stop when `sidecar` is dropped.
+    let sidecar = redis_probe::spawn(&config)?;
+    let state = sidecar.state.clone();
 
     let addr = std::env::var("APP_LISTEN").unwrap_or_else(|_| "127.0.0.1:8000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;

@@ -54,6 +54,22 @@ pub struct Transition {
     pub to: State,
 }
 
+impl Transition {
+    /// The transitions the breaker can make (a check that ends after the open duration can take
+    /// open straight to closed).
+    pub const ALL: [Transition; 5] = [
+        Transition::new(State::Closed, State::Open),
+        Transition::new(State::Open, State::HalfOpen),
+        Transition::new(State::Open, State::Closed),
+        Transition::new(State::HalfOpen, State::Open),
+        Transition::new(State::HalfOpen, State::Closed),
+    ];
+
+    const fn new(from: State, to: State) -> Self {
+        Transition { from, to }
+    }
+}
+
 /// Breaker thresholds and durations.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
@@ -62,6 +78,18 @@ pub struct Settings {
     pub open_duration: Duration,
     pub open_duration_max: Duration,
     pub jitter: f64,
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Settings {
+            failure_threshold: c.probe.failure_threshold,
+            success_threshold: c.probe.success_threshold,
+            open_duration: c.probe.open_duration,
+            open_duration_max: c.probe.open_duration_max,
+            jitter: c.probe.jitter,
+        }
+    }
 }
 
 /// The breaker itself. `J` supplies jitter for the open duration.

@@ -18,7 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::otlp::{Exporter, Protocol};
 use crate::schedule::Jitter;
@@ -26,15 +28,39 @@ use crate::schedule::Jitter;
 /// Most bytes of a response body read; the rest is dropped.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Why a check failed: a closed set, used as a metric label.
-pub const REASONS: [&str; 6] = [
-    "http_status",
-    "timeout",
-    "connection_refused",
-    "connection_reset",
-    "tls",
-    "other",
-];
+/// Why a poll failed: a closed set, used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PollReason {
+    /// The answer was not 2xx (or gRPC status not 0).
+    HttpStatus,
+    Timeout,
+    ConnectionRefused,
+    ConnectionReset,
+    Tls,
+    Other,
+}
+
+impl PollReason {
+    pub const ALL: [PollReason; 6] = [
+        PollReason::HttpStatus,
+        PollReason::Timeout,
+        PollReason::ConnectionRefused,
+        PollReason::ConnectionReset,
+        PollReason::Tls,
+        PollReason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollReason::HttpStatus => "http_status",
+            PollReason::Timeout => "timeout",
+            PollReason::ConnectionRefused => "connection_refused",
+            PollReason::ConnectionReset => "connection_reset",
+            PollReason::Tls => "tls",
+            PollReason::Other => "other",
+        }
+    }
+}
 
 /// What a check last saw.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -49,20 +75,29 @@ pub struct CheckState {
 /// A failed poll: the label and the text shown after `failed:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub reason: &'static str,
+    pub reason: PollReason,
     pub text: String,
 }
 
-/// A check other than Redis, as the server sees it.
+impl Failure {
+    fn new(reason: PollReason, text: impl Into<String>) -> Self {
+        Failure {
+            reason,
+            text: text.into(),
+        }
+    }
+}
+
+/// A check beside Redis, as the server sees it.
 #[derive(Clone, Debug)]
-pub struct Extra {
+pub struct SideCheck {
     pub name: &'static str,
     /// Gates readiness when true.
     pub critical: bool,
     pub state: watch::Receiver<CheckState>,
 }
 
-impl Extra {
+impl SideCheck {
     /// True before the first poll (a non-critical check then passes, saying so).
     pub fn pending(&self) -> bool {
         self.state.borrow().last.is_none()
@@ -91,68 +126,119 @@ pub enum Target {
     Otlp(Exporter),
 }
 
-/// Polls `target` every `interval` (jittered; the first poll at a random offset) until dropped.
-#[allow(clippy::too_many_arguments)]
+/// One check's settings.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: &'static str,
+    pub target: Target,
+    /// Bound on one poll.
+    pub timeout: Duration,
+    /// Failed polls in a row before a gating check fails.
+    pub failure_threshold: u32,
+    /// Gates readiness.
+    pub critical: bool,
+    /// Time between polls, and its spread.
+    pub interval: Duration,
+    pub jitter: f64,
+}
+
+/// Starts the checks the configuration asks for, each a task in `tasks`: the app's readiness
+/// (gating) and the OTLP collector (never gating).
+pub fn spawn_all(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    rng: impl Jitter + Clone,
+    tasks: &mut JoinSet<()>,
+) -> Vec<SideCheck> {
+    let c = &config.checks;
+    let (interval, jitter) = (config.probe.interval, config.probe.jitter);
+    let app = c.upstream.as_ref().map(|uri| Spec {
+        name: "app",
+        target: Target::Readiness(uri.clone()),
+        timeout: c.upstream_timeout,
+        failure_threshold: c.upstream_failure_threshold,
+        critical: true,
+        interval,
+        jitter,
+    });
+    let otlp = c.otlp.as_ref().map(|exporter| Spec {
+        name: "otlp",
+        target: Target::Otlp(exporter.clone()),
+        timeout: config.probe.attempt_timeout,
+        failure_threshold: 1,
+        critical: false,
+        interval,
+        jitter,
+    });
+    app.into_iter()
+        .chain(otlp)
+        .map(|spec| {
+            let (tx, state) = watch::channel(CheckState::default());
+            metrics
+                .checks
+                .add_check(spec.name, PollReason::ALL.map(PollReason::as_str));
+            let check = SideCheck {
+                name: spec.name,
+                critical: spec.critical,
+                state,
+            };
+            tasks.spawn(run(spec, rng.clone(), metrics.clone(), tx));
+            check
+        })
+        .collect()
+}
+
+/// Polls `spec.target` every interval (jittered; the first poll at a random offset) until
+/// dropped.
 pub async fn run(
-    name: &'static str,
-    target: Target,
-    timeout: Duration,
-    failure_threshold: u32,
-    interval: Duration,
-    jitter: f64,
+    spec: Spec,
     mut rng: impl Jitter,
     metrics: Arc<Metrics>,
     tx: watch::Sender<CheckState>,
 ) {
-    tokio::time::sleep(interval.mul_f64(jitter * rng.unit())).await;
-    let mut logged: Option<Result<(), &'static str>> = None;
+    tokio::time::sleep(rng.first_offset(spec.interval, spec.jitter)).await;
+    let name = spec.name;
+    let mut logged: Option<Result<(), PollReason>> = None;
     loop {
-        let result = match tokio::time::timeout(timeout, poll(&target)).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure {
-                reason: "timeout",
-                text: format!("no answer within {timeout:?}"),
-            }),
-        };
-        metrics.record_extra_check(name, result.as_ref().err().map(|f| f.reason));
-        let now: Result<(), &'static str> = result.as_ref().map(|_| ()).map_err(|f| f.reason);
+        let result = check_once(&spec.target, spec.timeout).await;
+        let now = result.as_ref().map(|_| ()).map_err(|f| f.reason);
+        metrics
+            .checks
+            .record_poll(name, now.err().map(PollReason::as_str));
         if logged != Some(now) {
             match &result {
                 Ok(()) => tracing::info!(check = name, "check passed"),
                 Err(f) => {
-                    tracing::warn!(check = name, reason = f.reason, detail = %f.text, "check failed")
+                    tracing::warn!(check = name, reason = f.reason.as_str(), detail = %f.text, "check failed")
                 }
             }
             logged = Some(now);
         }
         tx.send_modify(|s| {
-            match &result {
-                Ok(()) => {
-                    s.consecutive_failures = 0;
-                    s.ok = true;
-                }
-                Err(_) => {
-                    s.consecutive_failures += 1;
-                    if s.consecutive_failures >= failure_threshold || s.last.is_none() {
-                        s.ok = false;
-                    }
+            if result.is_ok() {
+                s.consecutive_failures = 0;
+                s.ok = true;
+            } else {
+                s.consecutive_failures += 1;
+                if s.consecutive_failures >= spec.failure_threshold || s.last.is_none() {
+                    s.ok = false;
                 }
             }
             s.last = Some(result);
         });
-        metrics.set_extra_up(name, tx.borrow().ok);
-        tokio::time::sleep(rng.spread(interval, jitter)).await;
+        metrics.checks.set_up(name, tx.borrow().ok);
+        tokio::time::sleep(rng.spread(spec.interval, spec.jitter)).await;
     }
 }
 
-/// One poll of `target`, bounded by `timeout` (what `diagnose` uses).
+/// One poll of `target`, bounded by `timeout` (what `diagnose` uses too).
 pub async fn check_once(target: &Target, timeout: Duration) -> Result<(), Failure> {
     match tokio::time::timeout(timeout, poll(target)).await {
         Ok(r) => r,
-        Err(_) => Err(Failure {
-            reason: "timeout",
-            text: format!("no answer within {timeout:?}"),
-        }),
+        Err(_) => Err(Failure::new(
+            PollReason::Timeout,
+            format!("no answer within {timeout:?}"),
+        )),
     }
 }
 
@@ -171,17 +257,17 @@ async fn poll(target: &Target) -> Result<(), Failure> {
             if status.is_success() {
                 Ok(())
             } else {
-                Err(Failure {
-                    reason: "http_status",
-                    text: status.as_u16().to_string(),
-                })
+                Err(Failure::new(
+                    PollReason::HttpStatus,
+                    status.as_u16().to_string(),
+                ))
             }
         }
         Target::Otlp(e) => {
-            let uri: Uri = e.url.parse().map_err(|_| Failure {
-                reason: "other",
-                text: format!("bad URL {}", e.url),
-            })?;
+            let uri: Uri = e
+                .url
+                .parse()
+                .map_err(|_| Failure::new(PollReason::Other, format!("bad URL {}", e.url)))?;
             match e.protocol {
                 Protocol::HttpProtobuf | Protocol::HttpJson => {
                     let (ct, body) = match e.protocol {
@@ -197,10 +283,10 @@ async fn poll(target: &Target) -> Result<(), Failure> {
                     if status.is_success() {
                         Ok(())
                     } else {
-                        Err(Failure {
-                            reason: "http_status",
-                            text: format!("{} from {}", status.as_u16(), e.url),
-                        })
+                        Err(Failure::new(
+                            PollReason::HttpStatus,
+                            format!("{} from {}", status.as_u16(), e.url),
+                        ))
                     }
                 }
                 Protocol::Grpc => grpc_export(&uri).await,
@@ -216,24 +302,19 @@ fn authority(uri: &Uri) -> String {
 }
 
 fn other(e: impl std::fmt::Display) -> Failure {
-    Failure {
-        reason: "other",
-        text: e.to_string(),
-    }
+    Failure::new(PollReason::Other, e.to_string())
 }
 
 fn io_failure(e: &std::io::Error) -> Failure {
+    use std::io::ErrorKind;
     let reason = match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection_refused",
-        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => "connection_reset",
-        std::io::ErrorKind::TimedOut => "timeout",
-        _ if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => "tls",
-        _ => "other",
+        ErrorKind::ConnectionRefused => PollReason::ConnectionRefused,
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => PollReason::ConnectionReset,
+        ErrorKind::TimedOut => PollReason::Timeout,
+        _ if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => PollReason::Tls,
+        _ => PollReason::Other,
     };
-    Failure {
-        reason,
-        text: e.to_string(),
-    }
+    Failure::new(reason, e.to_string())
 }
 
 fn hyper_failure(e: hyper::Error) -> Failure {
@@ -262,19 +343,14 @@ async fn connect(uri: &Uri) -> Result<Box<dyn Io>, Failure> {
     if !https {
         return Ok(Box::new(tcp));
     }
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(crate::probe::tls::system_roots())
         .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from(host).map_err(other)?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| Failure {
-            reason: "tls",
-            text: e.to_string(),
-        })?;
+        .map_err(|e| Failure::new(PollReason::Tls, e.to_string()))?;
     Ok(Box::new(tls))
 }
 
@@ -327,10 +403,10 @@ async fn grpc_export(uri: &Uri) -> Result<(), Failure> {
     let result = async {
         let rsp = sender.send_request(req).await.map_err(hyper_failure)?;
         if !rsp.status().is_success() {
-            return Err(Failure {
-                reason: "http_status",
-                text: format!("HTTP {} on gRPC", rsp.status().as_u16()),
-            });
+            return Err(Failure::new(
+                PollReason::HttpStatus,
+                format!("HTTP {} on gRPC", rsp.status().as_u16()),
+            ));
         }
         let header_status = rsp.headers().get("grpc-status").cloned();
         let collected = http_body_util::Limited::new(rsp.into_body(), MAX_BODY)
@@ -344,10 +420,10 @@ async fn grpc_export(uri: &Uri) -> Result<(), Failure> {
         });
         match grpc_status.as_ref().and_then(|v| v.to_str().ok()) {
             Some("0") => Ok(()),
-            Some(code) => Err(Failure {
-                reason: "http_status",
-                text: format!("grpc-status {code}"),
-            }),
+            Some(code) => Err(Failure::new(
+                PollReason::HttpStatus,
+                format!("grpc-status {code}"),
+            )),
             None => Err(other("no grpc-status in the answer")),
         }
     }
@@ -360,12 +436,12 @@ async fn grpc_export(uri: &Uri) -> Result<(), Failure> {
 mod tests {
     use super::*;
 
-    fn extra(critical: bool, last: Option<Result<(), Failure>>) -> Extra {
+    fn side_check(critical: bool, last: Option<Result<(), Failure>>) -> SideCheck {
         let (_tx, state) = watch::channel(CheckState {
             last,
             ..CheckState::default()
         });
-        Extra {
+        SideCheck {
             name: "otlp",
             critical,
             state,
@@ -374,12 +450,12 @@ mod tests {
 
     #[test]
     fn before_the_first_poll() {
-        let gating = extra(true, None);
+        let gating = side_check(true, None);
         assert_eq!(gating.status(), Err("not checked yet".into()));
-        let informative = extra(false, None);
+        let informative = side_check(false, None);
         assert!(informative.pending());
         assert_eq!(informative.status(), Ok(()));
-        let polled = extra(false, Some(Ok(())));
+        let polled = side_check(false, Some(Ok(())));
         assert!(!polled.pending());
     }
 }

@@ -1,4 +1,5 @@
-//! The health loop: the only task that waits on Redis.
+//! The health loop: the only task that waits on Redis for readiness (the certificate watcher
+//! makes its own short TLS connections, on a cadence of hours).
 //!
 //! It runs a check at a jittered interval (the first one at a random offset, so pods started
 //! together spread out), retries failed attempts with backoff, feeds the breaker, updates
@@ -15,8 +16,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use crate::breaker::{Breaker, State};
-use crate::config::{Config, OnFailure};
-use crate::metrics::Metrics;
+use crate::config::Config;
+use crate::metrics::{Metrics, ParseSource};
 use crate::probe::{CheckReport, NodeReport, Probe, Reason};
 use crate::schedule::{Jitter, retry_delays};
 
@@ -63,9 +64,9 @@ impl Health {
     }
 }
 
-/// The loop's schedule.
+/// The loop's timing: how often, how many attempts, how long each may take.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Schedule {
+pub struct Timing {
     pub interval: Duration,
     pub jitter: f64,
     pub attempts: u32,
@@ -73,15 +74,21 @@ pub struct Schedule {
     pub retry_backoff: Duration,
 }
 
-impl Schedule {
+impl Timing {
     pub fn from_config(c: &Config) -> Self {
-        Schedule {
+        Timing {
             interval: c.probe.interval,
             jitter: c.probe.jitter,
             attempts: c.probe.attempts,
             attempt_timeout: c.probe.attempt_timeout,
             retry_backoff: c.probe.retry_backoff,
         }
+    }
+
+    /// The loop is stuck if it has not published by `wake` plus a whole check, plus one
+    /// interval of grace.
+    fn stall_deadline(&self, wake: Instant) -> Instant {
+        wake + self.check_budget() + self.interval.max(MIN_STALL_GRACE)
     }
 
     /// Cap on one retry delay.
@@ -113,11 +120,10 @@ pub type Rx = watch::Receiver<Health>;
 /// The loop and everything it owns.
 pub struct HealthLoop<P, J> {
     probe: P,
-    schedule: Schedule,
+    timing: Timing,
     breaker: Breaker<J>,
     jitter: J,
     metrics: Arc<Metrics>,
-    on_failure: OnFailure,
     tx: watch::Sender<Health>,
     /// The last check's failure reason and per-node results, to log changes only.
     last_logged: Option<Reason>,
@@ -132,28 +138,21 @@ pub struct HealthLoop<P, J> {
 impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
     pub fn new(
         probe: P,
-        schedule: Schedule,
+        timing: Timing,
         breaker: crate::breaker::Settings,
         jitter: J,
         metrics: Arc<Metrics>,
-        on_failure: OnFailure,
     ) -> (Self, Rx) {
         // The first check runs within one interval (its jittered offset).
-        let first_deadline = Instant::now()
-            + schedule.interval
-            + schedule.check_budget()
-            + schedule.interval.max(MIN_STALL_GRACE);
+        let first_deadline = timing.stall_deadline(Instant::now() + timing.interval);
         let (tx, rx) = watch::channel(Health::initial(first_deadline));
-        metrics
-            .breaker_open_duration
-            .set(breaker.open_duration.as_secs_f64());
+        metrics.breaker.set_open_duration(breaker.open_duration);
         let me = HealthLoop {
             probe,
-            schedule,
+            timing,
             breaker: Breaker::new(breaker, jitter.clone()),
             jitter,
             metrics,
-            on_failure,
             tx,
             last_logged: None,
             last_nodes: vec![],
@@ -178,19 +177,22 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
         if Instant::now() < self.next_info {
             return;
         }
-        let deadline = Instant::now() + self.schedule.attempt_timeout;
+        let deadline = Instant::now() + self.timing.attempt_timeout;
         if let Ok(Some(report)) =
             tokio::time::timeout_at(deadline + ATTEMPT_GUARD, self.probe.info(deadline)).await
         {
-            self.metrics.record_info(&report, maxclients);
+            self.metrics.server_view.record_info(&report, maxclients);
+            self.metrics.health.record_cost(report.cost);
+            let errors = u64::from(report.parse_errors);
+            self.metrics.record_parse_errors(ParseSource::Info, errors);
         }
-        self.next_info = Instant::now() + self.jitter.spread(interval, self.schedule.jitter);
+        self.next_info = Instant::now() + self.jitter.spread(interval, self.timing.jitter);
     }
 
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
-        let s = self.schedule;
-        let first = s.interval.mul_f64(s.jitter * self.jitter.unit());
+        let s = self.timing;
+        let first = self.jitter.first_offset(s.interval, s.jitter);
         self.set_deadline(Instant::now() + first);
         tokio::time::sleep(first).await;
         loop {
@@ -215,7 +217,7 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
 
     /// One check: up to `attempts` attempts with backoff in between.
     async fn check(&mut self) -> CheckReport {
-        let s = self.schedule;
+        let s = self.timing;
         let started = Instant::now();
         let mut delays = retry_delays(s.retry_backoff, s.max_retry_delay(), s.jitter);
         let mut attempt = 1;
@@ -231,7 +233,9 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
                         "attempt did not finish by its deadline",
                     ),
                 };
-            self.metrics.record_attempt(report.result, report.cost);
+            self.metrics
+                .health
+                .record_attempt(report.result, report.cost);
             if report.result.is_ok() || attempt >= s.attempts {
                 break report;
             }
@@ -245,32 +249,25 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        self.metrics.record_check(
-            report.result,
-            started.elapsed().as_secs_f64(),
-            &report.nodes,
-            unix,
-        );
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics
+            .health
+            .record_check(report.result, seconds, unix);
+        self.metrics.nodes.record(&report.nodes);
         report
     }
 
     fn set_deadline(&self, wake: Instant) {
-        let deadline = self.deadline_after(wake);
+        let deadline = self.timing.stall_deadline(wake);
         self.tx.send_modify(|h| h.stall_deadline = deadline);
     }
 
-    /// The loop is stuck if it has not published by the next wake-up plus a whole check, plus
-    /// one interval of grace.
-    fn deadline_after(&self, wake: Instant) -> Instant {
-        wake + self.schedule.check_budget() + self.schedule.interval.max(MIN_STALL_GRACE)
-    }
-
     fn publish(&mut self, report: CheckReport, wake: Instant) {
-        let deadline = self.deadline_after(wake);
+        let deadline = self.timing.stall_deadline(wake);
         let state = self.breaker.state();
         self.metrics
-            .breaker_open_duration
-            .set(self.breaker.current_open_duration().as_secs_f64());
+            .breaker
+            .set_open_duration(self.breaker.current_open_duration());
         let nodes: Arc<[NodeReport]> = report.nodes.into();
         self.tx.send_modify(|h| {
             h.breaker = state;
@@ -281,14 +278,10 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             }
             h.stall_deadline = deadline;
         });
-        let h = self.tx.borrow();
-        let ready =
-            h.redis_status(Instant::now()).is_ok() || self.on_failure == OnFailure::Degraded;
-        self.metrics.ready.set(i64::from(ready));
     }
 
     fn on_transition(&mut self, t: crate::breaker::Transition, reason: Option<Reason>) {
-        self.metrics.record_transition(t);
+        self.metrics.breaker.record_transition(t);
         let reason = reason.map(Reason::as_str).unwrap_or("");
         let open_for_ms = self
             .breaker
@@ -428,8 +421,8 @@ mod tests {
         }
     }
 
-    fn schedule() -> Schedule {
-        Schedule {
+    fn timing() -> Timing {
+        Timing {
             interval: Duration::from_secs(5),
             jitter: 0.0,
             attempts: 3,
@@ -456,14 +449,7 @@ mod tests {
             calls: calls.clone(),
         };
         let metrics = Arc::new(Metrics::new());
-        let (l, rx) = HealthLoop::new(
-            probe,
-            schedule(),
-            breaker(),
-            NoJitter,
-            metrics.clone(),
-            OnFailure::Unready,
-        );
+        let (l, rx) = HealthLoop::new(probe, timing(), breaker(), NoJitter, metrics.clone());
         tokio::spawn(l.run());
         (rx, calls, metrics)
     }
@@ -586,7 +572,7 @@ mod tests {
         wait_until(&mut rx, |h| h.last.is_some()).await;
         let h = rx.borrow().clone();
         assert!(!h.stalled(Instant::now()));
-        let budget = schedule().check_budget();
+        let budget = timing().check_budget();
         assert!(
             h.stalled(Instant::now() + Duration::from_secs(10) + budget + Duration::from_secs(1))
         );
@@ -611,19 +597,13 @@ mod tests {
             last: Ok(()),
             calls: calls.clone(),
         };
-        let s = Schedule {
+        let s = Timing {
             jitter: 0.2,
-            ..schedule()
+            ..timing()
         };
         let t0 = Instant::now();
-        let (l, mut rx) = HealthLoop::new(
-            probe,
-            s,
-            breaker(),
-            Fixed(0.5),
-            Arc::new(Metrics::new()),
-            OnFailure::Unready,
-        );
+        let (l, mut rx) =
+            HealthLoop::new(probe, s, breaker(), Fixed(0.5), Arc::new(Metrics::new()));
         tokio::spawn(l.run());
         wait_until(&mut rx, |h| h.last.is_some()).await;
         assert_eq!(calls.lock().unwrap()[0] - t0, Duration::from_millis(500));

@@ -2,25 +2,42 @@
 //! connections and serves `/livez`, `/readyz` and `/metrics` from published state.
 //!
 //! # Layout
-//! - [`config`]: defaults < TOML file < environment, validated into one [`config::Config`].
-//!   Nothing else reads the environment.
+//! - [`config`]: defaults < TOML file < environment, validated into one [`config::Config`];
+//!   every key declared once in [`config::keys`]. Nothing else reads the environment.
 //! - [`probe`]: the only code that talks to Redis: one connection per node, topology
-//!   discovery, PING, and the closed set of failure [`probe::Reason`]s.
+//!   discovery, PING, INFO, TLS (one crypto provider, system roots read once), the one host
+//!   resolver, and the closed set of failure [`probe::Reason`]s. Knows nothing of HTTP,
+//!   readiness or metrics.
 //! - [`breaker`]: the circuit breaker, a pure state machine over check results and time.
 //! - [`schedule`]: jitter and the retry backoff schedule.
 //! - [`health`]: the background loop that runs checks, feeds the breaker and metrics, and
 //!   publishes a [`health::Health`] snapshot on a `watch` channel.
-//! - [`metrics`]: the Prometheus registry.
 //! - [`pool`]: the pod's connections to Redis, counted from `/proc/net/tcp` on its own cadence.
-//! - [`checks`]: checks beside Redis: the app's own readiness (gating) and the OTLP collector.
+//! - [`checks`]: checks beside Redis, each its own task and `watch`: the app's readiness
+//!   (gating) and the OTLP collector (never gating).
+//! - [`certs`]: the node certificates' expiry, read every few hours.
 //! - [`otlp`]: the OpenTelemetry exporter variables and their lint.
-//! - [`server`]: hyper handlers that read the snapshot; no request waits on Redis.
-//! - [`diagnose`]: the one-shot report of `redis-probe diagnose`, reusing the probe, pool and checks.
+//! - [`metrics`]: the Prometheus registry, in groups; each group registers its series and is
+//!   written through methods named for what happened.
+//! - [`server`]: hyper handlers that read the published state; no request waits on Redis.
+//! - [`diagnose`]: the one-shot report of `redis-probe diagnose`, reusing the probe, pool and
+//!   checks: one function gathers each section, one renders it.
 //! - [`logging`]: JSON (`ts`, `level`, `msg`) or text log lines.
+//! - [`spawn`]: the one start-up wiring, used by the binary, by [`run`] and by embedders.
 //!
-//! Data flows one way: config -> probe -> health loop -> (watch, metrics) -> server.
+//! Data flows one way, and the imports follow it:
+//! ```text
+//! config -> spawn ─┬─> health loop (probe, breaker) ──watch: Health──┬─> server
+//!                  │                                                 ├─> pool watcher ──┐
+//!                  │                                                 └─> cert watcher ──┤
+//!                  └─> side checks (app, otlp) ──────watch: CheckState──> server        │
+//!   health loop, side checks, pool and cert watchers ──> metrics <── server (on scrape) ┘
+//! ```
+
+#![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod certs;
 pub mod checks;
 pub mod config;
 pub mod diagnose;
@@ -36,30 +53,27 @@ pub mod server;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::health::HealthLoop;
+use crate::health::{HealthLoop, Timing};
 use crate::metrics::Metrics;
 use crate::probe::RedisProbe;
 use crate::schedule::RandomJitter;
 use crate::server::AppState;
 
-/// Installs rustls's ring provider as the process default. redis-rs brings rustls without a
-/// provider; with none (or two) installed, building a TLS client panics inside a tokio worker
-/// and surfaces as an unrelated-looking connection error.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// What [`spawn`] started: the state the server reads, and the background tasks. Dropping
+/// `tasks` aborts every one of them.
+pub struct Sidecar {
+    pub state: Arc<AppState>,
+    pub tasks: JoinSet<()>,
 }
 
-/// Runs the sidecar on `listener` until `shutdown` completes: the health loop in the
-/// background, the HTTP server in front. On shutdown `/readyz` turns 503 at once, in-flight
-/// requests get a grace period, then this returns.
-pub async fn run(
-    config: &Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    install_crypto_provider();
+/// Starts everything the configuration asks for, in the current tokio runtime: the health
+/// loop (with its INFO reads), the pool watcher (where `/proc/net/tcp` exists), the certificate
+/// watcher (with TLS) and the checks beside Redis. Fails only when the password file cannot be
+/// read.
+pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
     let pool_available = std::path::Path::new("/proc/net/tcp").exists();
     if !pool_available {
         tracing::warn!(
@@ -72,135 +86,47 @@ pub async fn run(
         pool_ceiling: pool_available
             && (config.redis.app_pool.size.is_some() || config.observe.pool_max_conns.is_some()),
     }));
-    let probe = RedisProbe::new(&config.redis)?;
+    metrics.set_config_warnings(config.checks.otlp_lints.iter().map(|l| l.kind));
     let (health_loop, health) = HealthLoop::new(
-        probe,
-        health::Schedule::from_config(config),
-        config.breaker(),
+        RedisProbe::new(&config.redis)?,
+        Timing::from_config(config),
+        breaker::Settings::from_config(config),
         RandomJitter,
         metrics.clone(),
-        config.probe.on_failure,
     );
     let health_loop =
         health_loop.with_info(config.observe.info_interval, config.observe.maxclients);
-    let pool_task = pool_available.then(|| {
-        tokio::spawn(pool::watch(
-            health.clone(),
-            metrics.clone(),
-            pool::Settings::from_config(config),
-        ))
-    });
-    let task = tokio::spawn(health_loop.run());
-    metrics.set_config_warnings(config.checks.otlp_findings.iter().map(|f| f.kind));
-    let (extras, mut extra_tasks) = spawn_extra_checks(config, &metrics);
-    if let Some(tls) = &config.redis.tls {
-        extra_tasks.push(tokio::spawn(watch_certificates(
-            health.clone(),
-            metrics.clone(),
-            tls.clone(),
-            config.probe.attempt_timeout,
-        )));
+    let mut tasks = JoinSet::new();
+    tasks.spawn(health_loop.run());
+    if pool_available {
+        let settings = pool::Settings::from_config(config);
+        tasks.spawn(pool::watch(health.clone(), metrics.clone(), settings));
     }
-    let state = AppState::with_extras(health, metrics, config.probe.on_failure, extras);
-    let draining = state.clone();
-    server::serve(listener, state, async move {
+    if let Some(tls) = &config.redis.tls {
+        let timeout = config.probe.attempt_timeout;
+        let watcher = certs::watch(health.clone(), metrics.clone(), tls.clone(), timeout);
+        tasks.spawn(watcher);
+    }
+    let side_checks = checks::spawn_all(config, &metrics, RandomJitter, &mut tasks);
+    let state = AppState::new(health, metrics, config.probe.on_failure, side_checks);
+    Ok(Sidecar { state, tasks })
+}
+
+/// Runs the sidecar on `listener` until `shutdown` completes: [`spawn`], then the HTTP server
+/// in front. On shutdown `/readyz` turns 503 at once, in-flight requests get a grace period,
+/// then this returns and the background tasks stop.
+pub async fn run(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let sidecar = spawn(config)?;
+    let draining = sidecar.state.clone();
+    server::serve(listener, sidecar.state.clone(), async move {
         shutdown.await;
         draining.start_draining();
     })
     .await;
-    task.abort();
-    if let Some(t) = pool_task {
-        t.abort();
-    }
-    extra_tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    drop(sidecar);
     Ok(())
-}
-
-/// How often node certificates are read: their expiry changes only when they are replaced.
-const CERT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
-
-/// Exports each node's certificate expiry: after the first check that found nodes, then every
-/// [`CERT_CHECK_INTERVAL`]. One short TLS connection per node each time.
-async fn watch_certificates(
-    mut health: health::Rx,
-    metrics: Arc<Metrics>,
-    tls: config::TlsConfig,
-    timeout: std::time::Duration,
-) {
-    loop {
-        let nodes: Vec<config::HostPort> = health
-            .borrow()
-            .nodes
-            .iter()
-            .map(|n| n.addr.clone())
-            .collect();
-        if nodes.is_empty() {
-            if health.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        for addr in nodes {
-            if let Ok(info) = probe::tls::inspect(&addr, &tls, timeout).await {
-                metrics
-                    .server
-                    .cert_expiry
-                    .get_or_create(&metrics::NodeLabel {
-                        node: addr.to_string(),
-                    })
-                    .set(info.not_after);
-            }
-        }
-        tokio::time::sleep(CERT_CHECK_INTERVAL).await;
-    }
-}
-
-/// Starts the checks beside Redis that the configuration asks for: the app's readiness
-/// (gating) and the OTLP collector (never gating).
-fn spawn_extra_checks(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-) -> (Vec<checks::Extra>, Vec<tokio::task::JoinHandle<()>>) {
-    let mut extras = vec![];
-    let mut tasks = vec![];
-    let mut start = |name: &'static str, target: checks::Target, timeout, threshold, critical| {
-        let (tx, rx) = tokio::sync::watch::channel(checks::CheckState::default());
-        metrics.register_extra_check(name);
-        tasks.push(tokio::spawn(checks::run(
-            name,
-            target,
-            timeout,
-            threshold,
-            config.probe.interval,
-            config.probe.jitter,
-            RandomJitter,
-            metrics.clone(),
-            tx,
-        )));
-        extras.push(checks::Extra {
-            name,
-            critical,
-            state: rx,
-        });
-    };
-    if let Some(uri) = &config.checks.upstream {
-        let c = &config.checks;
-        start(
-            "app",
-            checks::Target::Readiness(uri.clone()),
-            c.upstream_timeout,
-            c.upstream_failure_threshold,
-            true,
-        );
-    }
-    if let Some(exporter) = &config.checks.otlp {
-        start(
-            "otlp",
-            checks::Target::Otlp(exporter.clone()),
-            config.probe.attempt_timeout,
-            1,
-            false,
-        );
-    }
-    (extras, tasks)
 }

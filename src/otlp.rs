@@ -34,27 +34,50 @@ impl Protocol {
     }
 }
 
-/// A questionable combination of settings; `kind` is the metric label.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub kind: &'static str,
-    pub message: String,
+/// A kind of questionable setting; its label is the metric label of
+/// `redis_probe_config_warning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LintKind {
+    GrpcPortWithHttp,
+    HttpPortWithGrpc,
+    MissingScheme,
+    HttpsOnPlaintextPort,
+    UnknownProtocol,
 }
 
-impl fmt::Display for Finding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.kind)
+impl LintKind {
+    /// Every kind, exported at 0 when absent.
+    pub const ALL: [LintKind; 5] = [
+        LintKind::GrpcPortWithHttp,
+        LintKind::HttpPortWithGrpc,
+        LintKind::MissingScheme,
+        LintKind::HttpsOnPlaintextPort,
+        LintKind::UnknownProtocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LintKind::GrpcPortWithHttp => "grpc_port_with_http",
+            LintKind::HttpPortWithGrpc => "http_port_with_grpc",
+            LintKind::MissingScheme => "missing_scheme",
+            LintKind::HttpsOnPlaintextPort => "https_on_plaintext_port",
+            LintKind::UnknownProtocol => "unknown_protocol",
+        }
     }
 }
 
-/// Every finding kind, exported at 0 when absent.
-pub const FINDING_KINDS: [&str; 5] = [
-    "grpc_port_with_http",
-    "http_port_with_grpc",
-    "missing_scheme",
-    "https_on_plaintext_port",
-    "unknown_protocol",
-];
+/// A questionable combination of settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lint {
+    pub kind: LintKind,
+    pub message: String,
+}
+
+impl fmt::Display for Lint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind.as_str())
+    }
+}
 
 /// The effective metrics exporter: the signal-specific variables win over the general ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,78 +89,43 @@ pub struct Exporter {
     pub endpoint_var: &'static str,
 }
 
+/// The four standard variables, as set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Variables<'a> {
+    pub endpoint: Option<&'a str>,
+    pub metrics_endpoint: Option<&'a str>,
+    pub protocol: Option<&'a str>,
+    pub metrics_protocol: Option<&'a str>,
+}
+
 /// Reads the four standard variables. `None` when no endpoint is set (nothing to check).
-pub fn exporter(
-    endpoint: Option<&str>,
-    metrics_endpoint: Option<&str>,
-    protocol: Option<&str>,
-    metrics_protocol: Option<&str>,
-) -> (Option<Exporter>, Vec<Finding>) {
-    let mut findings = vec![];
-    let (proto_var, proto_raw) = match (metrics_protocol, protocol) {
+pub fn exporter(vars: &Variables<'_>) -> (Option<Exporter>, Vec<Lint>) {
+    let (proto_var, proto_raw) = match (vars.metrics_protocol, vars.protocol) {
         (Some(p), _) => ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", Some(p)),
-        (None, Some(p)) => ("OTEL_EXPORTER_OTLP_PROTOCOL", Some(p)),
-        (None, None) => ("OTEL_EXPORTER_OTLP_PROTOCOL", None),
+        (None, p) => ("OTEL_EXPORTER_OTLP_PROTOCOL", p),
     };
     // The specification's default is http/protobuf.
-    let protocol = match proto_raw {
+    let protocol = match proto_raw.map(|raw| (raw, Protocol::parse(raw))) {
         None => Protocol::HttpProtobuf,
-        Some(raw) => match Protocol::parse(raw) {
-            Some(p) => p,
-            None => {
-                findings.push(Finding {
-                    kind: "unknown_protocol",
-                    message: format!(
-                        "{proto_var}={raw}: expected grpc, http/protobuf or http/json"
-                    ),
-                });
-                return (None, findings);
-            }
-        },
+        Some((_, Some(p))) => p,
+        Some((raw, None)) => {
+            let message = format!("{proto_var}={raw}: expected grpc, http/protobuf or http/json");
+            let kind = LintKind::UnknownProtocol;
+            return (None, vec![Lint { kind, message }]);
+        }
     };
-    let (endpoint_var, raw, signal_specific) = match (metrics_endpoint, endpoint) {
-        (Some(e), _) => ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", e, true),
-        (None, Some(e)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", e, false),
-        (None, None) => return (None, findings),
+    let (endpoint_var, raw, signal_specific) = match (vars.metrics_endpoint, vars.endpoint) {
+        (Some(e), _) => ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", e.trim(), true),
+        (None, Some(e)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", e.trim(), false),
+        (None, None) => return (None, vec![]),
     };
-    let raw = raw.trim();
-    let scheme = raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    let rest = raw.split_once("://").map_or(raw, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or("");
-    let port = authority
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let endpoint = Endpoint::split(raw);
     let shown = format!(
         "{endpoint_var}={raw} with {proto_var}={}",
         protocol.as_str()
     );
-    match (port, protocol) {
-        (Some(4317), Protocol::HttpProtobuf | Protocol::HttpJson) => findings.push(Finding {
-            kind: "grpc_port_with_http",
-            message: format!("{shown}: 4317 is the OTLP/gRPC port; OTLP/HTTP listens on 4318"),
-        }),
-        (Some(4318), Protocol::Grpc) => findings.push(Finding {
-            kind: "http_port_with_grpc",
-            message: format!("{shown}: 4318 is the OTLP/HTTP port; OTLP/gRPC listens on 4317"),
-        }),
-        _ => {}
-    }
-    if scheme.is_none() && protocol != Protocol::Grpc {
-        findings.push(Finding {
-            kind: "missing_scheme",
-            message: format!("{shown}: an OTLP/HTTP endpoint needs a scheme (http:// or https://)"),
-        });
-    }
-    if scheme.as_deref() == Some("https") && matches!(port, Some(4317 | 4318)) {
-        findings.push(Finding {
-            kind: "https_on_plaintext_port",
-            message: format!(
-                "{shown}: https on {}, which collectors serve in plain text by default",
-                port.unwrap_or(0)
-            ),
-        });
-    }
-    let with_scheme = match &scheme {
+    let lints = lint(&endpoint, protocol, &shown);
+    let with_scheme = match endpoint.scheme {
         Some(_) => raw.to_string(),
         None => format!("http://{raw}"),
     };
@@ -149,14 +137,63 @@ pub fn exporter(
         }
         _ => with_scheme,
     };
-    (
-        Some(Exporter {
-            url,
-            protocol,
-            endpoint_var,
-        }),
-        findings,
-    )
+    let exporter = Exporter {
+        url,
+        protocol,
+        endpoint_var,
+    };
+    (Some(exporter), lints)
+}
+
+/// The parts of an endpoint the lint looks at. Split by hand rather than parsed as a URL: an
+/// endpoint without a scheme (`collector:4317`, valid for gRPC) is not a URL.
+struct Endpoint {
+    scheme: Option<String>,
+    port: Option<u16>,
+}
+
+impl Endpoint {
+    fn split(raw: &str) -> Self {
+        let scheme = raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let rest = raw.split_once("://").map_or(raw, |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or("");
+        let port = authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        Endpoint { scheme, port }
+    }
+}
+
+fn lint(e: &Endpoint, protocol: Protocol, shown: &str) -> Vec<Lint> {
+    let mut lints = vec![];
+    let mut push = |kind, message: String| lints.push(Lint { kind, message });
+    match (e.port, protocol) {
+        (Some(4317), Protocol::HttpProtobuf | Protocol::HttpJson) => push(
+            LintKind::GrpcPortWithHttp,
+            format!("{shown}: 4317 is the OTLP/gRPC port; OTLP/HTTP listens on 4318"),
+        ),
+        (Some(4318), Protocol::Grpc) => push(
+            LintKind::HttpPortWithGrpc,
+            format!("{shown}: 4318 is the OTLP/HTTP port; OTLP/gRPC listens on 4317"),
+        ),
+        _ => {}
+    }
+    if e.scheme.is_none() && protocol != Protocol::Grpc {
+        push(
+            LintKind::MissingScheme,
+            format!("{shown}: an OTLP/HTTP endpoint needs a scheme (http:// or https://)"),
+        );
+    }
+    if e.scheme.as_deref() == Some("https") && matches!(e.port, Some(4317 | 4318)) {
+        push(
+            LintKind::HttpsOnPlaintextPort,
+            format!(
+                "{shown}: https on {}, which collectors serve in plain text by default",
+                e.port.unwrap_or(0)
+            ),
+        );
+    }
+    lints
 }
 
 #[cfg(test)]
@@ -169,7 +206,25 @@ mod tests {
         p: Option<&str>,
         mp: Option<&str>,
     ) -> Vec<&'static str> {
-        exporter(e, me, p, mp).1.iter().map(|f| f.kind).collect()
+        exporter(&vars(e, me, p, mp))
+            .1
+            .iter()
+            .map(|f| f.kind.as_str())
+            .collect()
+    }
+
+    fn vars<'a>(
+        endpoint: Option<&'a str>,
+        metrics_endpoint: Option<&'a str>,
+        protocol: Option<&'a str>,
+        metrics_protocol: Option<&'a str>,
+    ) -> Variables<'a> {
+        Variables {
+            endpoint,
+            metrics_endpoint,
+            protocol,
+            metrics_protocol,
+        }
     }
 
     #[test]
@@ -221,19 +276,19 @@ mod tests {
 
     #[test]
     fn signal_specific_variables_win_and_urls_follow_the_spec() {
-        let (e, f) = exporter(Some("http://a:4318"), None, None, None);
+        let (e, f) = exporter(&vars(Some("http://a:4318"), None, None, None));
         assert!(f.is_empty());
         let e = e.unwrap();
         assert_eq!(
             (e.url.as_str(), e.protocol),
             ("http://a:4318/v1/metrics", Protocol::HttpProtobuf)
         );
-        let (e, _) = exporter(
+        let (e, _) = exporter(&vars(
             Some("http://a:4318"),
             Some("http://b:4318/custom"),
             Some("grpc"),
             Some("http/json"),
-        );
+        ));
         let e = e.unwrap();
         assert_eq!(
             (e.url.as_str(), e.protocol, e.endpoint_var),
@@ -243,7 +298,7 @@ mod tests {
                 "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
             )
         );
-        let (e, _) = exporter(Some("collector:4317"), None, Some("grpc"), None);
+        let (e, _) = exporter(&vars(Some("collector:4317"), None, Some("grpc"), None));
         assert_eq!(e.unwrap().url, "http://collector:4317");
     }
 }

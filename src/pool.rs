@@ -12,6 +12,13 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, HostPort};
+use crate::health;
+use crate::metrics::{Ceiling, Metrics, ParseSource};
+use crate::probe::Role;
 
 /// TCP state `ESTABLISHED` in `/proc/net/tcp`.
 const ESTABLISHED: &str = "01";
@@ -25,47 +32,35 @@ pub struct Socket {
     pub inode: u64,
 }
 
+/// Why a line of `/proc/net/tcp` did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed /proc/net/tcp line: {0}")]
-pub struct ParseError(&'static str);
+pub struct LineError(&'static str);
 
-/// Parses the text of `/proc/net/tcp` or `/proc/net/tcp6` (the header line is skipped). Bad
-/// lines are returned as errors alongside the good ones, never a panic.
-pub fn parse_proc_net_tcp(text: &str) -> (Vec<Socket>, usize) {
-    let mut sockets = vec![];
-    let mut errors = 0;
-    for line in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
-        match parse_line(line) {
-            Ok(s) => sockets.push(s),
-            Err(_) => errors += 1,
-        }
-    }
-    (sockets, errors)
-}
-
-fn parse_line(line: &str) -> Result<Socket, ParseError> {
+/// Parses one socket line of `/proc/net/tcp` or `/proc/net/tcp6` (not the header).
+pub fn parse_line(line: &str) -> Result<Socket, LineError> {
     let f: Vec<&str> = line.split_whitespace().collect();
     if f.len() < 10 {
-        return Err(ParseError("too few fields"));
+        return Err(LineError("too few fields"));
     }
     Ok(Socket {
         local: parse_addr(f[1])?,
         remote: parse_addr(f[2])?,
         established: f[3] == ESTABLISHED,
-        inode: f[9].parse().map_err(|_| ParseError("inode"))?,
+        inode: f[9].parse().map_err(|_| LineError("inode"))?,
     })
 }
 
 /// `0100007F:1A0B` (IPv4) or 32 hex digits `:port` (IPv6). The kernel prints each 32-bit word
 /// in host byte order (little-endian on the machines this runs on).
-fn parse_addr(s: &str) -> Result<SocketAddr, ParseError> {
-    let (ip, port) = s.split_once(':').ok_or(ParseError("address"))?;
-    let port = u16::from_str_radix(port, 16).map_err(|_| ParseError("port"))?;
+fn parse_addr(s: &str) -> Result<SocketAddr, LineError> {
+    let (ip, port) = s.split_once(':').ok_or(LineError("address"))?;
+    let port = u16::from_str_radix(port, 16).map_err(|_| LineError("port"))?;
     // Each 32-bit word of the address as the kernel holds it in memory.
     let word = |hex: &str| {
         u32::from_str_radix(hex, 16)
             .map(u32::to_ne_bytes)
-            .map_err(|_| ParseError("address"))
+            .map_err(|_| LineError("address"))
     };
     let ip = match ip.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(ip)?)),
@@ -76,7 +71,7 @@ fn parse_addr(s: &str) -> Result<SocketAddr, ParseError> {
             }
             IpAddr::V6(Ipv6Addr::from(bytes))
         }
-        _ => return Err(ParseError("address length")),
+        _ => return Err(LineError("address length")),
     };
     Ok(SocketAddr::new(canonical(ip), port))
 }
@@ -87,6 +82,10 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     }
+}
+
+fn canonical_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(a.ip()), a.port())
 }
 
 /// Socket inodes the current process holds (`/proc/self/fd/* -> socket:[inode]`).
@@ -103,64 +102,150 @@ pub fn own_socket_inodes(fd_dir: &Path) -> HashSet<u64> {
         .collect()
 }
 
-fn canonical_addr(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(canonical(a.ip()), a.port())
+/// Established connections per remote address, and the lines that did not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub per_addr: HashMap<SocketAddr, u64>,
+    pub bad_lines: usize,
+}
+
+impl Counts {
+    /// Connections to any of `addrs`.
+    pub fn to_any(&self, addrs: &[SocketAddr]) -> u64 {
+        addrs
+            .iter()
+            .map(|a| self.per_addr.get(&canonical_addr(*a)).copied().unwrap_or(0))
+            .sum()
+    }
 }
 
 /// Counts established connections to `nodes` in both tables of the current network namespace,
 /// line by line: a pod with thousands of sockets costs no more memory than one with ten.
-/// `None` when `/proc/net/tcp` does not exist (not Linux).
+/// Sockets in `exclude` (the sidecar's own) are left out. `None` when `/proc/net/tcp` does not
+/// exist (not Linux).
 pub fn count_in_namespace(
     proc_net: &Path,
     nodes: &[SocketAddr],
     exclude: &HashSet<u64>,
-) -> Option<(HashMap<SocketAddr, u64>, usize)> {
+) -> Option<Counts> {
     use std::io::BufRead;
-    let mut counts: HashMap<SocketAddr, u64> =
-        nodes.iter().map(|n| (canonical_addr(*n), 0)).collect();
-    let mut errors = 0;
+    let mut counts = Counts {
+        per_addr: nodes.iter().map(|n| (canonical_addr(*n), 0)).collect(),
+        bad_lines: 0,
+    };
     for (i, table) in ["tcp", "tcp6"].iter().enumerate() {
         let file = match std::fs::File::open(proc_net.join(table)) {
             Ok(f) => f,
             Err(_) if i > 0 => continue,
             Err(_) => return None,
         };
-        let mut line = String::new();
         // Each read() of these files makes the kernel walk its socket table again: read in
         // large chunks so a table costs one or two walks.
-        let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
-        let mut header = true;
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            if std::mem::take(&mut header) || line.trim().is_empty() {
+        let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+        for line in reader.lines().skip(1).map_while(Result::ok) {
+            if line.trim().is_empty() {
                 continue;
             }
             match parse_line(&line) {
                 Ok(s) if s.established && !exclude.contains(&s.inode) => {
-                    if let Some(c) = counts.get_mut(&s.remote) {
+                    if let Some(c) = counts.per_addr.get_mut(&s.remote) {
                         *c += 1;
                     }
                 }
                 Ok(_) => {}
-                Err(_) => errors += 1,
+                Err(_) => counts.bad_lines += 1,
             }
         }
     }
-    Some((counts, errors))
+    Some(counts)
 }
 
-/// The pod's ceiling: `pool_size` per node the application may use.
-pub fn max_conns(pool_size: u64, primaries: u64, all_nodes: u64, reads_from_replicas: bool) -> u64 {
-    pool_size
-        * if reads_from_replicas {
-            all_nodes
-        } else {
-            primaries
+/// The nodes the application opens connections to: the primaries, or every node when reads
+/// may go to replicas (`REDIS_READ_ONLY`, `REDIS_ROUTE_BY_LATENCY`).
+pub fn nodes_used(primaries: u64, all_nodes: u64, reads_from_replicas: bool) -> u64 {
+    if reads_from_replicas {
+        all_nodes
+    } else {
+        primaries
+    }
+}
+
+/// What the pool watcher needs from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub interval: Duration,
+    /// `REDIS_POOL_SIZE`: the app's pool per node.
+    pub pool_size: Option<u32>,
+    /// `PROBE_POOL_MAX_CONNS`: overrides the computed ceiling.
+    pub max_override: Option<u32>,
+    /// `REDIS_READ_ONLY` or `REDIS_ROUTE_BY_LATENCY`: the app also connects to replicas.
+    pub reads_from_replicas: bool,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Self {
+        let app = &c.redis.app_pool;
+        Settings {
+            interval: c.observe.pool_interval,
+            pool_size: app.size,
+            max_override: c.observe.pool_max_conns,
+            reads_from_replicas: app.reads_from_replicas(),
         }
+    }
+
+    /// The pod's ceiling for the topology, when known.
+    pub fn ceiling(&self, primaries: u64, all: u64) -> Option<Ceiling> {
+        let used = nodes_used(primaries, all, self.reads_from_replicas);
+        let (pod, per_node) = match (self.max_override, self.pool_size) {
+            (Some(max), Some(size)) => (u64::from(max), u64::from(size)),
+            (Some(max), None) => (u64::from(max), u64::from(max) / used.max(1)),
+            (None, Some(size)) => (u64::from(size) * used, u64::from(size)),
+            (None, None) => return None,
+        };
+        Some(Ceiling { pod, per_node })
+    }
+}
+
+/// This pod's established connections to each of `nodes` (host names resolved), the
+/// sidecar's own excluded. `None` when `/proc/net/tcp` does not exist.
+pub async fn pod_connections(nodes: &[HostPort]) -> Option<(Vec<(String, u64)>, usize)> {
+    let own = own_socket_inodes(Path::new("/proc/self/fd"));
+    let mut resolved: Vec<(String, Vec<SocketAddr>)> = Vec::with_capacity(nodes.len());
+    for addr in nodes {
+        let ips = crate::probe::resolve(addr).await.unwrap_or_default();
+        resolved.push((addr.to_string(), ips));
+    }
+    let all: Vec<SocketAddr> = resolved.iter().flat_map(|(_, ips)| ips.clone()).collect();
+    let counts = count_in_namespace(Path::new("/proc/net"), &all, &own)?;
+    let per_node = resolved
+        .into_iter()
+        .map(|(node, ips)| (node, counts.to_any(&ips)))
+        .collect();
+    Some((per_node, counts.bad_lines))
+}
+
+/// Counts the pod's connections to the nodes the health loop last saw, every
+/// `settings.interval`, off the request path. Runs until the task is dropped.
+pub async fn watch(health: health::Rx, metrics: Arc<Metrics>, settings: Settings) {
+    loop {
+        let nodes: Vec<(HostPort, Role)> = health
+            .borrow()
+            .nodes
+            .iter()
+            .map(|n| (n.addr.clone(), n.role))
+            .collect();
+        if !nodes.is_empty() {
+            let addrs: Vec<HostPort> = nodes.iter().map(|(a, _)| a.clone()).collect();
+            let Some((per_node, bad_lines)) = pod_connections(&addrs).await else {
+                return;
+            };
+            let primaries = nodes.iter().filter(|(_, r)| *r == Role::Primary).count();
+            let ceiling = settings.ceiling(primaries as u64, nodes.len() as u64);
+            metrics.pool.record_counts(&per_node, ceiling);
+            metrics.record_parse_errors(ParseSource::ProcNetTcp, bad_lines as u64);
+        }
+        tokio::time::sleep(settings.interval).await;
+    }
 }
 
 #[cfg(test)]
@@ -175,9 +260,16 @@ mod tests {
    4: 0A00000A:C353 0B00000A:18EB 01 00000000:00000000 00:00000000 00000000  1000        0 1004 1 0000000000000000 20 4 30 10 -1
 ";
 
+    /// Every socket line of a table, and how many did not parse.
+    fn parse_table(text: &str) -> (Vec<Socket>, usize) {
+        let lines = text.lines().skip(1).filter(|l| !l.trim().is_empty());
+        let (ok, bad): (Vec<_>, Vec<_>) = lines.map(parse_line).partition(Result::is_ok);
+        (ok.into_iter().map(Result::unwrap).collect(), bad.len())
+    }
+
     #[test]
     fn parses_ipv4_lines() {
-        let (s, errors) = parse_proc_net_tcp(TCP);
+        let (s, errors) = parse_table(TCP);
         assert_eq!(errors, 0);
         assert_eq!(s.len(), 5);
         assert_eq!(s[0].local, "127.0.0.1:8080".parse().unwrap());
@@ -191,7 +283,7 @@ mod tests {
     #[test]
     fn parses_ipv6_and_mapped_ipv4() {
         let text = "header\n   0: 00000000000000000000000001000000:1F90 0000000000000000FFFF00000100007F:1A0B 01 0:0 0:0 0 0 0 77 1\n";
-        let (s, errors) = parse_proc_net_tcp(text);
+        let (s, errors) = parse_table(text);
         assert_eq!(errors, 0);
         assert_eq!(s[0].local.ip(), "::1".parse::<IpAddr>().unwrap());
         assert_eq!(
@@ -204,7 +296,7 @@ mod tests {
     #[test]
     fn malformed_lines_are_counted_not_fatal() {
         let text = "header\n garbage\n   0: 0100007F:ZZZZ 0100007F:1A0B 01 0 0 0 0 0 5 1\n   1: 0100007F:1F90 0100007F:1A0B 01 0 0 0 0 0 x 1\n   2: 0100007F:1F90 01007F:1A0B 01 0 0 0 0 0 9 1\n";
-        let (s, errors) = parse_proc_net_tcp(text);
+        let (s, errors) = parse_table(text);
         assert!(s.is_empty());
         assert_eq!(errors, 4);
     }
@@ -219,21 +311,38 @@ mod tests {
         )
         .unwrap();
         let node: SocketAddr = "127.0.0.1:6667".parse().unwrap();
-        let (counts, errors) =
-            count_in_namespace(dir.path(), &[node], &HashSet::from([1003])).unwrap();
+        let counts = count_in_namespace(dir.path(), &[node], &HashSet::from([1003])).unwrap();
         assert_eq!(
-            counts[&node], 2,
+            counts.to_any(&[node]),
+            2,
             "1002 over IPv4 and 2001 over IPv6; 1003 is our own"
         );
-        assert_eq!(errors, 1);
+        assert_eq!(counts.bad_lines, 1);
         assert!(count_in_namespace(&dir.path().join("nope"), &[node], &HashSet::new()).is_none());
     }
 
     #[test]
     fn ceiling_follows_go_redis() {
         // The seed: 1000 per node, 3 primaries, reads from replicas: 6 nodes.
-        assert_eq!(max_conns(1000, 3, 6, true), 6000);
-        assert_eq!(max_conns(1000, 3, 6, false), 3000);
+        let seed = Settings {
+            interval: Duration::from_secs(15),
+            pool_size: Some(1000),
+            max_override: None,
+            reads_from_replicas: true,
+        };
+        let pod = |s: Settings| s.ceiling(3, 6).map(|c| c.pod);
+        assert_eq!(pod(seed), Some(6000));
+        let primaries_only = Settings {
+            reads_from_replicas: false,
+            ..seed
+        };
+        assert_eq!(pod(primaries_only), Some(3000));
+        let overridden = Settings {
+            max_override: Some(600),
+            pool_size: None,
+            ..seed
+        };
+        assert_eq!(overridden.ceiling(3, 6).map(|c| c.per_node), Some(100));
     }
 
     #[test]
@@ -242,108 +351,5 @@ mod tests {
         let own = own_socket_inodes(Path::new("/proc/self/fd"));
         assert!(!own.is_empty());
         drop(listener);
-    }
-}
-
-/// What the pool watcher needs from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
-    pub interval: std::time::Duration,
-    /// `REDIS_POOL_SIZE`: the app's pool per node.
-    pub pool_size: Option<u32>,
-    /// `PROBE_POOL_MAX_CONNS`: overrides the computed ceiling.
-    pub max_override: Option<u32>,
-    /// `REDIS_READ_ONLY` or `REDIS_ROUTE_BY_LATENCY`: the app also connects to replicas.
-    pub reads_from_replicas: bool,
-}
-
-impl Settings {
-    pub fn from_config(c: &crate::config::Config) -> Self {
-        Settings {
-            interval: c.observe.pool_interval,
-            pool_size: c.redis.app_pool.size,
-            max_override: c.observe.pool_max_conns,
-            reads_from_replicas: c.redis.app_pool.read_only || c.redis.app_pool.route_by_latency,
-        }
-    }
-
-    /// `(pod ceiling, per-node ceiling)` for the topology, when known.
-    fn ceiling(&self, primaries: u64, all: u64) -> Option<(u64, u64)> {
-        let used = if self.reads_from_replicas {
-            all
-        } else {
-            primaries
-        };
-        match (self.max_override, self.pool_size) {
-            (Some(max), Some(size)) => Some((u64::from(max), u64::from(size))),
-            (Some(max), None) => Some((u64::from(max), u64::from(max) / used.max(1))),
-            (None, Some(size)) => Some((
-                max_conns(u64::from(size), primaries, all, self.reads_from_replicas),
-                u64::from(size),
-            )),
-            (None, None) => None,
-        }
-    }
-}
-
-/// Counts the pod's connections to the nodes the health loop last saw, every
-/// `settings.interval`, off the request path. Runs until the task is dropped.
-pub async fn watch(
-    health: crate::health::Rx,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    settings: Settings,
-) {
-    let proc_net = Path::new("/proc/net");
-    loop {
-        let nodes: Vec<(crate::config::HostPort, crate::probe::Role)> = health
-            .borrow()
-            .nodes
-            .iter()
-            .map(|n| (n.addr.clone(), n.role))
-            .collect();
-        if !nodes.is_empty() {
-            let own = own_socket_inodes(Path::new("/proc/self/fd"));
-            let mut resolved: Vec<(String, Vec<SocketAddr>)> = Vec::with_capacity(nodes.len());
-            for (addr, _) in &nodes {
-                let ips: Vec<SocketAddr> = match addr.host.parse::<IpAddr>() {
-                    Ok(ip) => vec![SocketAddr::new(ip, addr.port)],
-                    Err(_) => tokio::net::lookup_host((addr.host.as_str(), addr.port))
-                        .await
-                        .map(|a| a.collect())
-                        .unwrap_or_default(),
-                };
-                resolved.push((addr.to_string(), ips));
-            }
-            let all: Vec<SocketAddr> = resolved
-                .iter()
-                .flat_map(|(_, ips)| ips.iter().copied())
-                .collect();
-            let Some((counts, errors)) = count_in_namespace(proc_net, &all, &own) else {
-                return;
-            };
-            let per_node: Vec<(String, u64)> = resolved
-                .iter()
-                .map(|(node, ips)| {
-                    (
-                        node.clone(),
-                        ips.iter()
-                            .map(|ip| counts.get(&canonical_addr(*ip)).copied().unwrap_or(0))
-                            .sum(),
-                    )
-                })
-                .collect();
-            let primaries = nodes
-                .iter()
-                .filter(|(_, r)| *r == crate::probe::Role::Primary)
-                .count() as u64;
-            metrics.record_pool(&per_node, settings.ceiling(primaries, nodes.len() as u64));
-            metrics
-                .parse_errors
-                .get_or_create(&crate::metrics::SourceLabel {
-                    source: "proc_net_tcp",
-                })
-                .inc_by(errors as u64);
-        }
-        tokio::time::sleep(settings.interval).await;
     }
 }

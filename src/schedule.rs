@@ -23,6 +23,12 @@ pub trait Jitter: Send + 'static {
         d.mul_f64(factor.max(0.0))
     }
 
+    /// When a task's first run starts: a random offset within `interval x spread`, so pods
+    /// started together spread out.
+    fn first_offset(&mut self, interval: Duration, spread: f64) -> Duration {
+        interval.mul_f64(spread * self.unit())
+    }
+
     /// `d` scaled by a factor drawn from `[1 - spread, 1]`: never longer than `d`, so a
     /// configured maximum stays a maximum.
     fn shorten(&mut self, d: Duration, spread: f64) -> Duration {

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::checks::SideCheck;
 use crate::config::OnFailure;
 use crate::health::Rx;
 use crate::metrics::{self, Metrics};
@@ -49,26 +50,22 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 pub struct AppState {
     health: Rx,
     /// Checks beside Redis (the app's readiness, the OTLP collector).
-    extras: Vec<crate::checks::Extra>,
+    side_checks: Vec<SideCheck>,
     metrics: Arc<Metrics>,
     on_failure: OnFailure,
     draining: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(health: Rx, metrics: Arc<Metrics>, on_failure: OnFailure) -> Arc<Self> {
-        Self::with_extras(health, metrics, on_failure, vec![])
-    }
-
-    pub fn with_extras(
+    pub fn new(
         health: Rx,
         metrics: Arc<Metrics>,
         on_failure: OnFailure,
-        extras: Vec<crate::checks::Extra>,
+        side_checks: Vec<SideCheck>,
     ) -> Arc<Self> {
         Arc::new(AppState {
             health,
-            extras,
+            side_checks,
             metrics,
             on_failure,
             draining: AtomicBool::new(false),
@@ -78,7 +75,6 @@ impl AppState {
     /// Turns `/readyz` to 503 at once; called when SIGTERM arrives.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        self.metrics.ready.set(0);
     }
 
     fn loop_status(&self, now: Instant) -> Result<(), &'static str> {
@@ -189,7 +185,7 @@ pub fn route(
             let ready = ready_checks(state, now)
                 .iter()
                 .all(|c| !matches!(c.status, Status::Failed(_)));
-            state.metrics.ready.set(i64::from(ready));
+            state.metrics.set_ready(ready);
             metrics_rsp(state, accept)
         }
         "/livez" => checks_rsp("livez", &live_checks(state, now), &q, None),
@@ -269,15 +265,15 @@ fn ready_checks(state: &AppState, now: Instant) -> Vec<Check> {
             note: None,
         },
     ];
-    for extra in &state.extras {
-        let status = match extra.status() {
+    for side in &state.side_checks {
+        let status = match side.status() {
             Ok(()) => Status::Ok,
-            Err(text) if extra.critical => Status::Failed(text),
+            Err(text) if side.critical => Status::Failed(text),
             Err(text) => Status::NonCritical(text),
         };
-        let note = (!extra.critical && extra.pending()).then(|| "(not checked yet)".to_string());
+        let note = (!side.critical && side.pending()).then(|| "(not checked yet)".to_string());
         checks.push(Check {
-            name: extra.name,
+            name: side.name,
             status,
             note,
         });

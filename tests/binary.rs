@@ -41,6 +41,19 @@ fn check_config_prints_effective_settings_without_secrets() {
     assert!(out.contains("REDIS_PASSWORD=<redacted>"), "{out}");
     assert!(out.contains("PROBE_INTERVAL=5s"), "{out}");
     assert!(!out.contains("hunter2") && !err.contains("hunter2"));
+    // Every key is listed, unset ones too, so a user can see what exists.
+    for key in redis_probe::config::KEYS {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{}=", key.env))),
+            "{} missing:\n{out}",
+            key.env
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("REDIS_USERNAME=") && l.ends_with("# redis.username, not set")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -66,8 +79,30 @@ fn bad_configuration_exits_64_naming_variable_and_value() {
     let (code, _, err) = run(&[("PROBE_LISTEN", "127.0.0.1:0")], &[]);
     assert_eq!(code, 64);
     assert!(err.contains("REDIS_ADDRESS is required"), "{err}");
-    let (code, _, _) = run(&[], &["--no-such-flag"]);
-    assert_eq!(code, 64);
+}
+
+#[test]
+fn exit_codes_tell_usage_from_configuration() {
+    // Bad arguments: 2, with the usage text; the configuration is not even read.
+    let (code, _, err) = run(&[], &["--no-such-flag"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--no-such-flag") && err.contains("usage:"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[], &["diagnose", "--duration=forever"]);
+    assert_eq!(code, 2, "{err}");
+    // Help per subcommand, exit 0, no configuration needed.
+    let (code, out, _) = run(&[], &["diagnose", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--probe-timeout"), "{out}");
+    let (code, out, _) = run(&[], &["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("64 bad configuration"), "{out}");
+    // Bad configuration: 64, for diagnose too.
+    let (code, _, err) = run(&[("REDIS_ADDRESS", "nowhere")], &["diagnose"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("REDIS_ADDRESS=nowhere: expected"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis_probe::breaker;
 use redis_probe::config::OnFailure;
-use redis_probe::health::{HealthLoop, Schedule};
+use redis_probe::health::{HealthLoop, Timing};
 use redis_probe::metrics::Metrics;
 use redis_probe::probe::{CheckReport, Probe, Reason};
 use redis_probe::schedule::NoJitter;
@@ -52,7 +52,7 @@ struct Server {
 
 async fn start(on_failure: OnFailure) -> Server {
     let (mode, rx) = tokio::sync::watch::channel(Mode::Pass);
-    let schedule = Schedule {
+    let schedule = Timing {
         interval: Duration::from_millis(50),
         jitter: 0.0,
         attempts: 1,
@@ -67,16 +67,9 @@ async fn start(on_failure: OnFailure) -> Server {
         jitter: 0.0,
     };
     let metrics = Arc::new(Metrics::new());
-    let (l, health) = HealthLoop::new(
-        Switch(rx),
-        schedule,
-        b,
-        NoJitter,
-        metrics.clone(),
-        on_failure,
-    );
+    let (l, health) = HealthLoop::new(Switch(rx), schedule, b, NoJitter, metrics.clone());
     tokio::spawn(l.run());
-    let state = AppState::new(health, metrics, on_failure);
+    let state = AppState::new(health, metrics, on_failure, vec![]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

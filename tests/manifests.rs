@@ -33,8 +33,8 @@ fn yaml_values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
 
 #[test]
 fn probe_paths_and_ports_are_what_the_binary_serves() {
-    let default_port = redis_probe::config::PROBE_LISTEN
-        .default
+    let default_port = redis_probe::config::keys::PROBE_LISTEN
+        .default_value()
         .unwrap()
         .rsplit(':')
         .next()
@@ -179,5 +179,26 @@ fn example_settings_pass_check_config() {
     assert!(
         out.contains("REDIS_POOL_SIZE=1000") && out.contains("PROBE_EXPECTED_SHARDS=5"),
         "{out}"
+    );
+}
+
+/// The README's configuration table is the one the key table makes: a key added, renamed or
+/// documented anew in `src/config/keys.rs` fails here until the README says the same.
+#[test]
+fn readme_configuration_table_is_the_key_table() {
+    const BEGIN: &str = "<!-- configuration table: generated from src/config/keys.rs -->\n";
+    const END: &str = "<!-- end of configuration table -->";
+    let readme = read("README.md");
+    let start = readme
+        .find(BEGIN)
+        .expect("README has no configuration table marker")
+        + BEGIN.len();
+    let len = readme[start..]
+        .find(END)
+        .expect("README's table has no end marker");
+    let expected = redis_probe::config::keys::markdown_table();
+    assert!(
+        readme[start..start + len] == expected,
+        "README.md's configuration table differs from src/config/keys.rs; put this between the markers:\n{expected}"
     );
 }

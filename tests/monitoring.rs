@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use redis_probe::config::HostPort;
-use redis_probe::metrics::{Metrics, Options};
+use redis_probe::metrics::{Ceiling, Metrics, Options};
 use redis_probe::probe::info::{ClusterInfo, NodeInfo};
-use redis_probe::probe::{InfoReport, NodeReport, Role};
+use redis_probe::probe::{InfoReport, NodeReport, NodeView, Role};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/monitoring");
 
@@ -66,16 +66,12 @@ fn exported_names() -> BTreeSet<String> {
         host: "10.0.0.1".into(),
         port: 6379,
     };
-    m.record_check(
-        Ok(()),
-        0.01,
-        &[NodeReport {
-            addr: node.clone(),
-            role: Role::Primary,
-            result: Ok(Duration::from_millis(1)),
-        }],
-        0.0,
-    );
+    m.health.record_check(Ok(()), 0.01, 0.0);
+    m.nodes.record(&[NodeReport {
+        addr: node.clone(),
+        role: Role::Primary,
+        result: Ok(Duration::from_millis(1)),
+    }]);
     let info = NodeInfo {
         connected_clients: Some(1),
         maxclients: Some(2),
@@ -83,18 +79,22 @@ fn exported_names() -> BTreeSet<String> {
         total_connections_received: Some(3),
     };
     let report = InfoReport {
-        nodes: vec![(node.clone(), Role::Primary, info)],
+        nodes: vec![NodeView {
+            addr: node.clone(),
+            role: Role::Primary,
+            info,
+        }],
         cluster: Some(ClusterInfo::default()),
         ..Default::default()
     };
-    m.record_info(&report, 65000);
-    m.record_pool(&[(node.to_string(), 1)], Some((10, 10)));
-    m.server
-        .cert_expiry
-        .get_or_create(&redis_probe::metrics::NodeLabel {
-            node: node.to_string(),
-        })
-        .set(1);
+    m.server_view.record_info(&report, 65000);
+    let ceiling = Ceiling {
+        pod: 10,
+        per_node: 10,
+    };
+    m.pool
+        .record_counts(&[(node.to_string(), 1)], Some(ceiling));
+    m.tls.record_expiry(&node.to_string(), 1);
     let mut text = String::new();
     m.encode_prometheus(&mut text);
     text.lines()

@@ -31,7 +31,7 @@ async fn open_connections(
     cluster: &Cluster,
     nodes: impl IntoIterator<Item = usize>,
 ) -> Vec<redis::aio::MultiplexedConnection> {
-    redis_probe::install_crypto_provider();
+    redis_probe::probe::tls::install_crypto_provider();
     let ca = std::fs::read(&cluster.pki.ca).unwrap();
     let mut conns = vec![];
     for i in nodes {

@@ -109,11 +109,19 @@ pub trait Probe: Send + 'static {
     }
 }
 
+/// What one node's `INFO` said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub addr: HostPort,
+    pub role: Role,
+    pub info: info::NodeInfo,
+}
+
 /// The server-side view of the cluster, read on a slower cadence than PING.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct InfoReport {
     /// Nodes that answered `INFO`.
-    pub nodes: Vec<(HostPort, Role, info::NodeInfo)>,
+    pub nodes: Vec<NodeView>,
     /// `CLUSTER INFO` as read with the last check's topology (cluster mode only).
     pub cluster: Option<info::ClusterInfo>,
     /// Shards in the topology (with slots), as this probe sees them.
@@ -155,8 +163,17 @@ pub struct RedisProbe {
     commands: AtomicU32,
 }
 
+/// One node's PING: the report, the connection when it worked, the detail when it did not.
+struct Pinged {
+    report: NodeReport,
+    conn: Option<MultiplexedConnection>,
+    detail: Option<String>,
+}
+
 impl RedisProbe {
+    /// Reads the password file when one is configured (the only way this fails).
     pub fn new(config: &RedisConfig) -> std::io::Result<Self> {
+        tls::install_crypto_provider();
         let password = match &config.password {
             PasswordSource::None => None,
             PasswordSource::Inline(s) => Some(s.clone()),
@@ -215,13 +232,10 @@ impl RedisProbe {
             Some(tls) if tls.ca_pem.is_some() || tls.client.is_some() => Client::build_with_tls(
                 info,
                 redis::TlsCertificates {
-                    client_tls: tls
-                        .client
-                        .as_ref()
-                        .map(|(cert, key)| redis::ClientTlsConfig {
-                            client_cert: cert.clone(),
-                            client_key: key.clone(),
-                        }),
+                    client_tls: tls.client.as_ref().map(|c| redis::ClientTlsConfig {
+                        client_cert: c.cert_pem.clone(),
+                        client_key: c.key_pem.clone(),
+                    }),
                     root_cert: tls.ca_pem.clone(),
                 },
             )?,
@@ -239,11 +253,11 @@ impl RedisProbe {
         &self,
         addr: &HostPort,
         deadline: Instant,
-    ) -> Result<MultiplexedConnection, Failure> {
+    ) -> Result<MultiplexedConnection, Fault> {
         if let Some(c) = self.conns.get(addr) {
             return Ok(c.clone());
         }
-        let (client, config) = self.node_client(addr).map_err(Failure::redis)?;
+        let (client, config) = self.node_client(addr).map_err(Fault::redis)?;
         self.dials.fetch_add(1, Ordering::Relaxed);
         match timeout_at(
             deadline,
@@ -252,17 +266,12 @@ impl RedisProbe {
         .await
         {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(Failure::redis(e)),
-            Err(_) => Err(Failure::timeout()),
+            Ok(Err(e)) => Err(Fault::redis(e)),
+            Err(_) => Err(Fault::timeout()),
         }
     }
 
-    async fn ping(
-        &self,
-        addr: HostPort,
-        role: Role,
-        deadline: Instant,
-    ) -> (NodeReport, Option<MultiplexedConnection>, Option<String>) {
+    async fn ping(&self, addr: HostPort, role: Role, deadline: Instant) -> Pinged {
         let started = Instant::now();
         let outcome = async {
             let mut conn = self.connection(&addr, deadline).await?;
@@ -274,30 +283,19 @@ impl RedisProbe {
             .await
             {
                 Ok(Ok(_)) => Ok(conn),
-                Ok(Err(e)) => Err(Failure::redis(e)),
-                Err(_) => Err(Failure::timeout()),
+                Ok(Err(e)) => Err(Fault::redis(e)),
+                Err(_) => Err(Fault::timeout()),
             }
         }
         .await;
-        match outcome {
-            Ok(conn) => (
-                NodeReport {
-                    addr,
-                    role,
-                    result: Ok(started.elapsed()),
-                },
-                Some(conn),
-                None,
-            ),
-            Err(f) => (
-                NodeReport {
-                    addr,
-                    role,
-                    result: Err(f.reason),
-                },
-                None,
-                Some(f.detail),
-            ),
+        let (result, conn, detail) = match outcome {
+            Ok(conn) => (Ok(started.elapsed()), Some(conn), None),
+            Err(f) => (Err(f.reason), None, Some(f.detail)),
+        };
+        Pinged {
+            report: NodeReport { addr, role, result },
+            conn,
+            detail,
         }
     }
 
@@ -307,84 +305,83 @@ impl RedisProbe {
         &mut self,
         candidates: Vec<HostPort>,
         deadline: Instant,
-    ) -> (Option<Topology>, Option<Failure>) {
+    ) -> (Option<Topology>, Option<Fault>) {
         if !self.settings.cluster_mode {
             return (
                 Some(Topology::standalone(self.settings.seeds[0].clone())),
                 None,
             );
         }
-        let tls = self.settings.tls.is_some();
-        let mut last = Failure {
+        let mut last = Fault {
             reason: Reason::Other,
             detail: "no node answered to give the topology".into(),
         };
         for addr in candidates {
-            let mut conn = match self.connection(&addr, deadline).await {
-                Ok(c) => c,
-                Err(f) => {
-                    last = f;
-                    continue;
-                }
-            };
-            self.commands.fetch_add(2, Ordering::Relaxed);
-            let shards_cmd = if self.use_cluster_slots {
-                "SLOTS"
-            } else {
-                "SHARDS"
-            };
-            let reply = timeout_at(
-                deadline,
-                redis::pipe()
-                    .cmd("CLUSTER")
-                    .arg(shards_cmd)
-                    .cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async::<(Value, String)>(&mut conn),
-            )
-            .await;
-            match reply {
-                Ok(Ok((shards, info))) => {
-                    self.conns.insert(addr.clone(), conn);
-                    let parsed = if self.use_cluster_slots {
-                        topology::parse_cluster_slots(&shards)
-                    } else {
-                        topology::parse_cluster_shards(&shards, tls)
-                    };
-                    let t = match parsed {
-                        Ok(t) => t,
-                        Err(e) => {
-                            last = Failure {
-                                reason: Reason::Other,
-                                detail: format!("{addr}: {e}"),
-                            };
-                            continue;
-                        }
-                    };
-                    let cluster_info = info::ClusterInfo::parse(&info);
-                    let failure = (cluster_info.0.state_ok == Some(false)).then(|| Failure {
-                        reason: Reason::ClusterDown,
-                        detail: format!("{addr} reports cluster_state:fail"),
-                    });
-                    self.cluster_info = Some(cluster_info);
-                    return (Some(t), failure);
-                }
-                Ok(Err(e)) if !self.use_cluster_slots && is_unknown_subcommand(&e) => {
-                    self.use_cluster_slots = true;
-                    return Box::pin(self.discover(vec![addr], deadline)).await;
-                }
-                Ok(Err(e)) => {
-                    let f = Failure::redis(e);
-                    self.drop_on(&addr, f.reason);
-                    last = f;
-                }
-                Err(_) => {
-                    self.conns.remove(&addr);
-                    last = Failure::timeout();
-                }
+            match self.topology_from(&addr, deadline).await {
+                Ok(found) => return found,
+                Err(f) => last = f,
             }
         }
         (None, Some(last))
+    }
+
+    /// Asks `addr` for the topology and CLUSTER INFO, in one pipeline. `Err` to try the next
+    /// candidate.
+    async fn topology_from(
+        &mut self,
+        addr: &HostPort,
+        deadline: Instant,
+    ) -> Result<(Option<Topology>, Option<Fault>), Fault> {
+        let mut conn = self.connection(addr, deadline).await?;
+        self.commands.fetch_add(2, Ordering::Relaxed);
+        let shards_cmd = if self.use_cluster_slots {
+            "SLOTS"
+        } else {
+            "SHARDS"
+        };
+        let reply = timeout_at(
+            deadline,
+            redis::pipe()
+                .cmd("CLUSTER")
+                .arg(shards_cmd)
+                .cmd("CLUSTER")
+                .arg("INFO")
+                .query_async::<(Value, String)>(&mut conn),
+        )
+        .await;
+        let (shards, cluster_info) = match reply {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) if !self.use_cluster_slots && is_unknown_subcommand(&e) => {
+                self.use_cluster_slots = true;
+                return Ok(Box::pin(self.discover(vec![addr.clone()], deadline)).await);
+            }
+            Ok(Err(e)) => {
+                let f = Fault::redis(e);
+                self.drop_on(addr, f.reason);
+                return Err(f);
+            }
+            Err(_) => {
+                self.conns.remove(addr);
+                return Err(Fault::timeout());
+            }
+        };
+        self.conns.insert(addr.clone(), conn);
+        let parsed = if self.use_cluster_slots {
+            topology::parse_cluster_slots(&shards)
+        } else {
+            topology::parse_cluster_shards(&shards, self.settings.tls.is_some())
+        };
+        let t = parsed.map_err(|e| Fault {
+            reason: Reason::Other,
+            detail: format!("{addr}: {e}"),
+        })?;
+        let cluster_info = info::ClusterInfo::parse(&cluster_info);
+        let failure = (cluster_info.0.state_ok == Some(false)).then(|| Fault {
+            reason: Reason::ClusterDown,
+            detail: format!("{addr} reports cluster_state:fail"),
+        });
+        self.cluster_info = Some(cluster_info);
+        Ok((Some(t), failure))
     }
 
     /// PINGs `nodes` concurrently; keeps the connections that worked, drops the others.
@@ -401,7 +398,12 @@ impl RedisProbe {
         )
         .await;
         let mut reports = Vec::with_capacity(pings.len());
-        for (report, conn, detail) in pings {
+        for Pinged {
+            report,
+            conn,
+            detail,
+        } in pings
+        {
             match (conn, report.result) {
                 (Some(c), _) => {
                     self.conns.insert(report.addr.clone(), c);
@@ -437,7 +439,7 @@ impl RedisProbe {
     }
 
     /// Runs one attempt, bounded by `deadline`, and reports what it cost Redis.
-    pub async fn run_check(&mut self, deadline: Instant) -> CheckReport {
+    pub async fn check(&mut self, deadline: Instant) -> CheckReport {
         self.dials.store(0, Ordering::Relaxed);
         self.commands.store(0, Ordering::Relaxed);
         let mut report = self.attempt(deadline).await;
@@ -453,7 +455,7 @@ impl RedisProbe {
     /// with `CONFIG GET` where INFO lacks it and CONFIG is allowed), and hands on the
     /// `CLUSTER INFO` the last check read with the topology. Opens no new connection: nodes the
     /// check could not reach are skipped.
-    pub async fn collect_info(&mut self, deadline: Instant) -> InfoReport {
+    pub async fn info(&mut self, deadline: Instant) -> InfoReport {
         let Some(topology) = self.topology.clone() else {
             return InfoReport::default();
         };
@@ -493,16 +495,21 @@ impl RedisProbe {
                         _ => None,
                     };
                 }
-                Some((addr.clone(), *role, info, errors))
+                let view = NodeView {
+                    addr: addr.clone(),
+                    role: *role,
+                    info,
+                };
+                Some((view, errors))
             }
         });
         let mut report = InfoReport {
             shards: topology.shards.iter().filter(|s| s.slots > 0).count(),
             ..Default::default()
         };
-        for (addr, role, info, errors) in join_all(reads).await.into_iter().flatten() {
+        for (view, errors) in join_all(reads).await.into_iter().flatten() {
             report.parse_errors += errors;
-            report.nodes.push((addr, role, info));
+            report.nodes.push(view);
         }
         if let Some((cluster, errors)) = self.cluster_info.take() {
             report.parse_errors += errors;
@@ -549,7 +556,7 @@ impl RedisProbe {
             self.topology = Some(t);
         }
         let Some(topology) = self.topology.clone() else {
-            let f = topo_failure.unwrap_or_else(|| Failure {
+            let f = topo_failure.unwrap_or_else(|| Fault {
                 reason: Reason::Other,
                 detail: "no topology".into(),
             });
@@ -598,11 +605,11 @@ impl RedisProbe {
 
 impl Probe for RedisProbe {
     fn check(&mut self, deadline: Instant) -> impl Future<Output = CheckReport> + Send {
-        self.run_check(deadline)
+        RedisProbe::check(self, deadline)
     }
 
     async fn info(&mut self, deadline: Instant) -> Option<InfoReport> {
-        Some(self.collect_info(deadline).await)
+        Some(RedisProbe::info(self, deadline).await)
     }
 }
 
@@ -665,27 +672,38 @@ fn is_unknown_subcommand(e: &RedisError) -> bool {
     s.contains("unknown subcommand") || s.contains("unknown command")
 }
 
-/// A failure with its label and a log-safe description.
+/// What went wrong with one node or command: its label and a log-safe description.
 #[derive(Debug, Clone)]
-struct Failure {
+struct Fault {
     reason: Reason,
     detail: String,
 }
 
-impl Failure {
+impl Fault {
     fn redis(e: RedisError) -> Self {
-        Failure {
+        Fault {
             reason: Reason::of(&e),
             detail: e.to_string(),
         }
     }
 
     fn timeout() -> Self {
-        Failure {
+        Fault {
             reason: Reason::Timeout,
             detail: "no answer before the attempt deadline".into(),
         }
     }
+}
+
+/// The socket addresses of `addr`: the IP itself, or what its host name resolves to. The one
+/// resolver of the crate: the probe's connections, the pool watcher and `diagnose` all use it.
+pub async fn resolve(addr: &HostPort) -> std::io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = addr.host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, addr.port)]);
+    }
+    Ok(tokio::net::lookup_host((addr.host.as_str(), addr.port))
+        .await?
+        .collect())
 }
 
 /// Resolves every name to the node's own address. With `REDIS_TLS_SERVER_NAME`, redis-rs is
@@ -700,16 +718,14 @@ impl redis::io::AsyncDNSResolver for NodeResolver {
         port: u16,
     ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
         Box::pin(async move {
-            let host = self.0.host.as_str();
-            if let Ok(ip) = host.parse::<IpAddr>() {
-                let it: Box<dyn Iterator<Item = SocketAddr> + Send> =
-                    Box::new(std::iter::once(SocketAddr::new(ip, port)));
-                return Ok(it);
-            }
-            match tokio::net::lookup_host((host, port)).await {
+            let node = HostPort {
+                host: self.0.host.clone(),
+                port,
+            };
+            match resolve(&node).await {
                 Ok(addrs) => {
-                    let v: Vec<SocketAddr> = addrs.collect();
-                    let it: Box<dyn Iterator<Item = SocketAddr> + Send> = Box::new(v.into_iter());
+                    let it: Box<dyn Iterator<Item = SocketAddr> + Send> =
+                        Box::new(addrs.into_iter());
                     Ok(it)
                 }
                 Err(e) => Err(RedisError::from(std::io::Error::other(DnsError(e)))),

@@ -4,7 +4,7 @@
 //! redis-rs does not expose the peer certificate, so `diagnose` and the certificate-expiry
 //! metric open one short TLS connection per node (no AUTH, no command) for this.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -15,6 +15,29 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 
 use crate::config::{HostPort, TlsConfig};
+
+/// Installs rustls's ring provider as the process default, once; later calls do nothing.
+/// redis-rs brings rustls without a provider; with none (or two) installed, building a TLS
+/// client panics inside a tokio worker and surfaces as an unrelated-looking connection error.
+/// Called wherever a TLS client is built: [`super::RedisProbe::new`], [`inspect`],
+/// [`system_roots`].
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The system's trust store, read and parsed once per process (it is a file of a few hundred
+/// certificates; reading it is blocking I/O).
+pub fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            install_crypto_provider();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            Arc::new(roots)
+        })
+        .clone()
+}
 
 /// What the handshake showed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -37,6 +60,7 @@ pub async fn inspect(
     tls: &TlsConfig,
     timeout: Duration,
 ) -> Result<CertInfo, String> {
+    install_crypto_provider();
     let name = tls.server_name.clone().unwrap_or_else(|| addr.host.clone());
     let server_name =
         ServerName::try_from(name.clone()).map_err(|e| format!("server name {name}: {e}"))?;
@@ -63,19 +87,17 @@ pub async fn inspect(
     })
 }
 
-fn roots(tls: &TlsConfig) -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
+fn roots(tls: &TlsConfig) -> Arc<rustls::RootCertStore> {
     match &tls.ca_pem {
         Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(
                 CertificateDer::pem_slice_iter(pem).filter_map(Result::ok),
             );
+            Arc::new(roots)
         }
-        None => {
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        }
+        None => system_roots(),
     }
-    roots
 }
 
 fn with_client_auth(
@@ -83,11 +105,13 @@ fn with_client_auth(
     tls: &TlsConfig,
 ) -> Result<ClientConfig, String> {
     match &tls.client {
-        Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
-                .filter_map(Result::ok)
-                .collect();
-            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
+        Some(client) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&client.cert_pem)
+                    .filter_map(Result::ok)
+                    .collect();
+            let key = PrivateKeyDer::from_pem_slice(&client.key_pem)
+                .map_err(|e| format!("client key: {e}"))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("client certificate: {e}"))
@@ -118,7 +142,10 @@ async fn handshake(
     config: ClientConfig,
     name: ServerName<'static>,
 ) -> Result<CertInfo, String> {
-    let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
+    let addrs = super::resolve(addr)
+        .await
+        .map_err(|e| format!("DNS: {e}"))?;
+    let tcp = TcpStream::connect(&addrs[..])
         .await
         .map_err(|e| format!("TCP: {e}"))?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(config))

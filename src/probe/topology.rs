@@ -9,6 +9,9 @@ use redis::Value;
 
 use crate::config::HostPort;
 
+/// Slots in a Redis Cluster.
+pub const SLOT_COUNT: u32 = 16384;
+
 /// A node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
@@ -22,6 +25,12 @@ impl Role {
             Role::Primary => "primary",
             Role::Replica => "replica",
         }
+    }
+}
+
+impl serde::Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -139,7 +148,7 @@ pub fn parse_cluster_shards(v: &Value, tls: bool) -> Result<Topology, ParseError
                         let (Some(a), Some(b)) = (a, b) else {
                             return Err(err(C, "slot is not a number"));
                         };
-                        if !(0..16384).contains(&a) || !(a..16384).contains(&b) {
+                        if !slot_range_ok(a, b) {
                             return Err(err(C, "slot out of range"));
                         }
                         slots += (b - a + 1) as u32;
@@ -161,9 +170,7 @@ pub fn parse_cluster_shards(v: &Value, tls: bool) -> Result<Topology, ParseError
                             get("port")
                         };
                         let port = port
-                            .and_then(int)
-                            .and_then(|p| u16::try_from(p).ok())
-                            .filter(|p| *p != 0)
+                            .and_then(port_number)
                             .ok_or(err(C, "node has no port"))?;
                         let addr = HostPort { host, port };
                         let role = match get("role").and_then(text).as_deref() {
@@ -192,7 +199,7 @@ pub fn parse_cluster_shards(v: &Value, tls: bool) -> Result<Topology, ParseError
             nodes,
         });
     }
-    Ok(finish(shards))
+    Ok(ordered(shards))
 }
 
 /// Parses `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replica..., ], ...]`.
@@ -207,7 +214,7 @@ pub fn parse_cluster_slots(v: &Value) -> Result<Topology, ParseError> {
         let (Some(a), Some(b)) = (int(&r[0]), int(&r[1])) else {
             return Err(err(C, "slot is not a number"));
         };
-        if !(0..16384).contains(&a) || !(a..16384).contains(&b) {
+        if !slot_range_ok(a, b) {
             return Err(err(C, "slot out of range"));
         }
         let mut nodes = vec![];
@@ -219,9 +226,7 @@ pub fn parse_cluster_slots(v: &Value) -> Result<Topology, ParseError> {
                 .ok_or(err(C, "node has no address"))?;
             let port = n
                 .get(1)
-                .and_then(int)
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
+                .and_then(port_number)
                 .ok_or(err(C, "node has no port"))?;
             let role = if i == 0 { Role::Primary } else { Role::Replica };
             nodes.push(Node {
@@ -249,7 +254,20 @@ pub fn parse_cluster_slots(v: &Value) -> Result<Topology, ParseError> {
             }),
         }
     }
-    Ok(finish(shards))
+    Ok(ordered(shards))
+}
+
+/// A TCP port: 1 to 65535.
+fn port_number(v: &Value) -> Option<u16> {
+    int(v)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+}
+
+/// `a..=b` is a range of slots.
+fn slot_range_ok(a: i64, b: i64) -> bool {
+    let slots = 0..i64::from(SLOT_COUNT);
+    slots.contains(&a) && slots.contains(&b) && a <= b
 }
 
 fn sort_nodes(nodes: &mut [Node], primary: Option<&HostPort>) {
@@ -263,7 +281,7 @@ fn sort_nodes(nodes: &mut [Node], primary: Option<&HostPort>) {
 }
 
 /// Orders shards by primary address so that equal topologies compare equal.
-fn finish(mut shards: Vec<Shard>) -> Topology {
+fn ordered(mut shards: Vec<Shard>) -> Topology {
     shards.sort_by(|a, b| {
         a.primary.cmp(&b.primary).then_with(|| {
             a.nodes

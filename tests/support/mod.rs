@@ -669,12 +669,18 @@ impl Sidecar {
     /// Runs the `redis-probe` binary at `bin` with exactly `env` (plus a free `PROBE_LISTEN`),
     /// collecting what it logs.
     pub async fn spawn_binary(bin: &str, env: &[(String, String)]) -> Sidecar {
+        Self::spawn_program(bin, env, "PROBE_LISTEN").await
+    }
+
+    /// Runs the program at `bin` with exactly `env`, plus a free loopback address in the
+    /// variable `listen_var`, collecting what it prints.
+    pub async fn spawn_program(bin: &str, env: &[(String, String)], listen_var: &str) -> Sidecar {
         let port = free_ports(1)[0];
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(bin);
         cmd.env_clear()
-            .envs(env.iter().filter(|(k, _)| k != "PROBE_LISTEN").cloned())
-            .env("PROBE_LISTEN", addr.to_string())
+            .envs(env.iter().filter(|(k, _)| k != listen_var).cloned())
+            .env(listen_var, addr.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -708,7 +714,7 @@ impl Sidecar {
         while std::net::TcpStream::connect(addr).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "redis-probe did not listen:\n{}",
+                "{bin} did not listen:\n{}",
                 logs.lock().unwrap()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -736,7 +742,8 @@ impl Sidecar {
         http_get(self.addr, path).await
     }
 
-    /// Waits until `GET path` answers `status`, checking `also` on every answer seen.
+    /// Waits until `GET path` answers `status`, at most `limit`; returns how long it took and
+    /// the body.
     pub async fn wait_status(
         &self,
         path: &str,

@@ -1,0 +1,44 @@
+//! The certificate watcher: exports each node's TLS certificate expiry
+//! (`redis_tls_cert_expiry_timestamp_seconds`), after the first check that found nodes, then
+//! every [`CERT_CHECK_INTERVAL`]. One short TLS connection per node each time, no AUTH, no
+//! command ([`crate::probe::tls::inspect`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{HostPort, TlsConfig};
+use crate::health;
+use crate::metrics::Metrics;
+use crate::probe::tls;
+
+/// How often node certificates are read: their expiry changes only when they are replaced.
+pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+
+/// Runs until the health loop ends or the task is dropped; `timeout` bounds each handshake.
+pub async fn watch(
+    mut health: health::Rx,
+    metrics: Arc<Metrics>,
+    tls: TlsConfig,
+    timeout: Duration,
+) {
+    loop {
+        let nodes: Vec<HostPort> = health
+            .borrow()
+            .nodes
+            .iter()
+            .map(|n| n.addr.clone())
+            .collect();
+        if nodes.is_empty() {
+            if health.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        for addr in nodes {
+            if let Ok(info) = tls::inspect(&addr, &tls, timeout).await {
+                metrics.tls.record_expiry(&addr.to_string(), info.not_after);
+            }
+        }
+        tokio::time::sleep(CERT_CHECK_INTERVAL).await;
+    }
+}

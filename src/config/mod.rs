@@ -1,0 +1,623 @@
+//! Configuration: built-in defaults < optional TOML file < environment, into one validated
+//! [`Config`].
+//!
+//! The environment uses the names of the application's own deployment (`REDIS_ADDRESS`,
+//! `REDIS_TLS_ENABLED`, `REDIS_POOL_SIZE`, ...) so the sidecar can share the app's ConfigMap.
+//!
+//! - [`keys`]: every key declared once (environment name, TOML path, default, parser, doc);
+//!   the README's table and `--check-config` come from it.
+//! - [`parse`]: the parsers keys name, each with the words of its error.
+//! - `source`: the figment providers; `reader`: reads keys and collects problems;
+//!   `read`: one reader per section (redis, TLS, probe and breaker, cluster and pool,
+//!   upstream and OTLP, log).
+//!
+//! Two rules keep start-up errors useful and secrets safe:
+//! - Only the variables in [`KEYS`] are read. Kubernetes injects service-link variables such as
+//!   `REDIS_PORT=tcp://10.0.0.1:6379` for a Service named `redis`; they are ignored.
+//! - Environment values enter figment as raw strings and are converted per key, so a password
+//!   of `123456` stays a string and `007` is not turned into 7. A bad value is reported as
+//!   `NAME=value: expected ...`, every problem at once, and a secret's value is never printed.
+
+pub mod keys;
+pub mod parse;
+mod read;
+mod reader;
+mod source;
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+
+pub use self::keys::{ENV_CONFIG_FILE, KEYS, Key, KeyInfo};
+use self::parse::Choices;
+pub use self::reader::Setting;
+use self::reader::{Reader, shown};
+use self::source::Defaults;
+pub use self::source::EnvVars;
+
+/// A string that is never printed: `Debug` and `Display` show `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself; call only where it is handed to Redis.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where the AUTH password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    None,
+    Inline(Secret),
+    /// Read at start and again whenever AUTH fails, so a rotated token is picked up.
+    File(PathBuf),
+}
+
+/// Reads a password file: the whole file, without one trailing newline.
+pub fn read_password_file(path: &Path) -> std::io::Result<Secret> {
+    let raw = std::fs::read_to_string(path)?;
+    let s = raw.strip_suffix('\n').unwrap_or(&raw);
+    let s = s.strip_suffix('\r').unwrap_or(s);
+    Ok(Secret::new(s))
+}
+
+/// A `host:port` pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (host, port) = s.rsplit_once(':').ok_or("expected host:port")?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err("expected host:port");
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| "expected a port number from 1 to 65535")?;
+        if port == 0 {
+            return Err("expected a port number from 1 to 65535");
+        }
+        Ok(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// TLS material, loaded and checked at start-up.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM bytes of the CA bundle; `None` means the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate and key, for mutual TLS.
+    pub client: Option<ClientCert>,
+    /// Name verified in every node's certificate instead of the address it is reached by.
+    pub server_name: Option<String>,
+}
+
+/// PEM bytes of a client certificate chain and its key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("custom_ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.client.is_some())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// The go-redis pool settings of the application. redis-probe keeps one connection per node and
+/// does not use them for itself; they describe the application's connection budget.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppPool {
+    pub size: Option<u32>,
+    pub timeout: Option<Duration>,
+    pub min_idle_conns: Option<u32>,
+    pub max_conn_age: Option<Duration>,
+    pub route_by_latency: bool,
+    pub read_only: bool,
+}
+
+impl AppPool {
+    /// The app also connects to replicas (`REDIS_READ_ONLY` or `REDIS_ROUTE_BY_LATENCY`).
+    pub fn reads_from_replicas(&self) -> bool {
+        self.read_only || self.route_by_latency
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub addresses: Vec<HostPort>,
+    pub cluster_mode: bool,
+    pub username: Option<String>,
+    pub password: PasswordSource,
+    pub tls: Option<TlsConfig>,
+    pub dial_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Accepted for compatibility with the app's settings; redis-rs has no write timeout, and
+    /// every probe command is bounded by the attempt timeout instead.
+    pub write_timeout: Duration,
+    pub app_pool: AppPool,
+    pub password_from_secrets: bool,
+    pub aws_secret_name: Option<String>,
+}
+
+/// What `/readyz` says when Redis is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// 503: the pod leaves the Service's endpoints.
+    Unready,
+    /// 200 with "degraded": for services that must keep serving when the shared Redis fails.
+    Degraded,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    pub interval: Duration,
+    pub jitter: f64,
+    pub attempts: u32,
+    pub attempt_timeout: Duration,
+    pub retry_backoff: Duration,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub open_duration: Duration,
+    pub open_duration_max: Duration,
+    pub on_failure: OnFailure,
+}
+
+/// The server-side view (INFO, CLUSTER INFO) and the pod's own connection count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObserveConfig {
+    /// How often INFO and CLUSTER INFO are read (slower than PING: they are bigger replies).
+    pub info_interval: Duration,
+    /// maxclients to assume when the server does not tell (ElastiCache disables CONFIG).
+    pub maxclients: u64,
+    /// Shards the cluster should have, for drift alerts.
+    pub expected_shards: Option<u32>,
+    /// How often the pod's sockets are counted from /proc/net/tcp.
+    pub pool_interval: Duration,
+    /// Overrides the computed pool ceiling of the pod.
+    pub pool_max_conns: Option<u32>,
+}
+
+/// Checks beside Redis: the app's own readiness (gating) and the OTLP collector (not gating).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksConfig {
+    /// `http://host:port/path` of the app's readiness endpoint.
+    pub upstream: Option<hyper::Uri>,
+    pub upstream_timeout: Duration,
+    /// Failed polls in a row before the app counts as not ready.
+    pub upstream_failure_threshold: u32,
+    /// The metrics exporter the app is configured with, when it has one and the check is on.
+    pub otlp: Option<crate::otlp::Exporter>,
+    /// What the lint found in the OTEL variables (also in `warnings`).
+    pub otlp_lints: Vec<crate::otlp::Lint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub probe: ProbeConfig,
+    pub observe: ObserveConfig,
+    pub checks: ChecksConfig,
+    pub listen: SocketAddr,
+    pub log: LogConfig,
+    /// Settings that are valid but probably not what was meant; logged at start.
+    pub warnings: Vec<String>,
+    /// Each key's effective value as text (secrets redacted), for `--check-config`.
+    pub effective: Vec<Setting>,
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Loads the configuration from the process environment and the TOML file named by `file`
+    /// (the `--config` argument) or by `PROBE_CONFIG`.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::from_sources(&EnvVars::from_process(), file)
+    }
+
+    /// Loads from explicit sources; tests use this instead of touching the process environment.
+    pub fn from_sources(env: &EnvVars, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = file.map(Path::to_path_buf).or_else(|| {
+            env.get(ENV_CONFIG_FILE)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        });
+        let mut figment = Figment::from(Defaults);
+        if let Some(path) = &file {
+            if !path.is_file() {
+                return Err(ConfigError {
+                    problems: vec![format!("config file {}: no such file", path.display())],
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let mut r = Reader {
+            figment: figment.merge(env.clone()),
+            env,
+            file,
+            problems: vec![],
+            effective: vec![],
+        };
+        match read::config(&mut r) {
+            Some(c) if r.problems.is_empty() => Ok(c),
+            _ => Err(ConfigError {
+                problems: r.problems,
+            }),
+        }
+    }
+
+    /// Every key as a `NAME=value` line with its TOML path and source, unset keys too (as
+    /// `NAME=`, which the environment reads as unset), secrets redacted; then the warnings.
+    pub fn render(&self) -> String {
+        let lines: Vec<(String, String)> = KEYS
+            .iter()
+            .map(
+                |k| match self.effective.iter().find(|s| s.key.env == k.env) {
+                    Some(s) => (
+                        format!("{}={}", k.env, shown(&s.value)),
+                        format!("{}, {}", k.path, s.source),
+                    ),
+                    None => (
+                        format!("{}=", k.env),
+                        match k.default {
+                            keys::KeyDefault::Implied(words) => {
+                                format!("{}, not set: {}", k.path, words.trim_matches('`'))
+                            }
+                            _ => format!("{}, not set", k.path),
+                        },
+                    ),
+                },
+            )
+            .collect();
+        let width = lines.iter().map(|(kv, _)| kv.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (kv, note) in lines {
+            let _ = writeln!(out, "{kv:<width$}  # {note}");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "# warning: {w}");
+        }
+        out
+    }
+}
+
+impl Choices for OnFailure {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("unready", OnFailure::Unready),
+        ("degraded", OnFailure::Degraded),
+    ];
+}
+
+impl Choices for LogFormat {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("json", LogFormat::Json), ("text", LogFormat::Text)];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> EnvVars {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_sources(&env(pairs), None)
+    }
+
+    fn problems(pairs: &[(&str, &str)]) -> Vec<String> {
+        load(pairs)
+            .expect_err("expected a configuration error")
+            .problems
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&[("REDIS_ADDRESS", "clustercfg.example:6379")]).unwrap();
+        assert_eq!(
+            c.redis.addresses,
+            vec![HostPort {
+                host: "clustercfg.example".into(),
+                port: 6379
+            }]
+        );
+        assert!(c.redis.cluster_mode);
+        assert_eq!(c.redis.dial_timeout, Duration::from_secs(5));
+        assert_eq!(c.redis.read_timeout, Duration::from_secs(3));
+        assert_eq!(c.probe.interval, Duration::from_secs(5));
+        assert_eq!(c.probe.jitter, 0.2);
+        assert_eq!(c.probe.attempts, 3);
+        assert_eq!(c.probe.attempt_timeout, Duration::from_secs(2));
+        assert_eq!(c.probe.retry_backoff, Duration::from_millis(500));
+        assert_eq!(c.probe.failure_threshold, 3);
+        assert_eq!(c.probe.success_threshold, 1);
+        assert_eq!(c.probe.open_duration, Duration::from_secs(5));
+        assert_eq!(c.probe.open_duration_max, Duration::from_secs(30));
+        assert_eq!(c.probe.on_failure, OnFailure::Unready);
+        assert_eq!(c.listen, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(c.redis.tls.is_none());
+        assert_eq!(c.redis.password, PasswordSource::None);
+    }
+
+    #[test]
+    fn seed_deployment_settings_are_accepted() {
+        let c = load(&[
+            (
+                "REDIS_ADDRESS",
+                "clustercfg.traffic-tacos-redis.w6eqga.apn2.cache.amazonaws.com:6379",
+            ),
+            ("REDIS_CLUSTER_MODE", "true"),
+            ("REDIS_TLS_ENABLED", "true"),
+            ("REDIS_ROUTE_BY_LATENCY", "true"),
+            ("REDIS_READ_ONLY", "true"),
+            ("REDIS_POOL_SIZE", "1000"),
+            ("REDIS_POOL_TIMEOUT", "10s"),
+            ("REDIS_MIN_IDLE_CONNS", "100"),
+            ("REDIS_MAX_CONN_AGE", "30m"),
+            ("REDIS_PASSWORD_FROM_SECRETS", "true"),
+            ("AWS_SECRET_NAME", "traffic-tacos/redis/auth-token"),
+            ("REDIS_DIAL_TIMEOUT", "10s"),
+            ("REDIS_READ_TIMEOUT", "5s"),
+            ("REDIS_WRITE_TIMEOUT", "5s"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.app_pool.size, Some(1000));
+        assert_eq!(
+            c.redis.app_pool.max_conn_age,
+            Some(Duration::from_secs(1800))
+        );
+        assert!(c.redis.app_pool.read_only && c.redis.app_pool.route_by_latency);
+        assert!(c.redis.tls.is_some());
+        // No password source: a warning, not an error.
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn bad_values_name_variable_and_value() {
+        let p = problems(&[("REDIS_ADDRESS", "a:1"), ("REDIS_POOL_SIZE", "abc")]);
+        assert_eq!(p, vec!["REDIS_POOL_SIZE=abc: expected an unsigned integer"]);
+        let p = problems(&[("REDIS_ADDRESS", "a:1"), ("PROBE_INTERVAL", "5 parsecs")]);
+        assert_eq!(
+            p,
+            vec!["PROBE_INTERVAL=\"5 parsecs\": expected a duration such as 500ms, 10s or 30m"]
+        );
+        let p = problems(&[("REDIS_ADDRESS", "a:1"), ("REDIS_TLS_ENABLED", "maybe")]);
+        assert_eq!(p, vec!["REDIS_TLS_ENABLED=maybe: expected true or false"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let p = problems(&[
+            ("REDIS_POOL_SIZE", "-1"),
+            ("PROBE_JITTER", "1.5"),
+            ("PROBE_ATTEMPTS", "0"),
+            ("PROBE_ON_FAILURE", "panic"),
+            ("PROBE_LISTEN", "nowhere"),
+            ("PROBE_OPEN_DURATION", "10s"),
+            ("PROBE_OPEN_DURATION_MAX", "5s"),
+        ]);
+        let joined = p.join("\n");
+        for needle in [
+            "REDIS_ADDRESS is required",
+            "REDIS_POOL_SIZE=-1: expected an unsigned integer",
+            "PROBE_JITTER=1.5: must be at least 0 and less than 1",
+            "PROBE_ATTEMPTS=0: must be at least 1",
+            "PROBE_ON_FAILURE=panic: expected unready or degraded",
+            "PROBE_LISTEN=nowhere: expected an address",
+            "PROBE_OPEN_DURATION_MAX=5s: must not be less than PROBE_OPEN_DURATION=10s",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        let c = load(&[("REDIS_ADDRESS", "10.0.0.1:7000, 10.0.0.2:7001,[::1]:7002")]).unwrap();
+        let shown: Vec<String> = c.redis.addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, vec!["10.0.0.1:7000", "10.0.0.2:7001", "[::1]:7002"]);
+        for bad in ["redis", "redis:", "redis:0", "redis:99999", ":6379"] {
+            let p = problems(&[("REDIS_ADDRESS", bad)]);
+            assert!(
+                p[0].starts_with(&format!("REDIS_ADDRESS={bad}: expected")),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn standalone_takes_one_address() {
+        let p = problems(&[
+            ("REDIS_ADDRESS", "a:1,b:2"),
+            ("REDIS_CLUSTER_MODE", "false"),
+        ]);
+        assert!(
+            p[0].starts_with("REDIS_ADDRESS=a:1,b:2: a list of addresses needs"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn numeric_password_stays_a_string_and_is_never_printed() {
+        let c = load(&[("REDIS_ADDRESS", "a:1"), ("REDIS_PASSWORD", "007")]).unwrap();
+        assert_eq!(c.redis.password, PasswordSource::Inline(Secret::new("007")));
+        let rendered = c.render();
+        assert!(rendered.contains("REDIS_PASSWORD=<redacted>"), "{rendered}");
+        assert!(!rendered.contains("007"));
+        assert!(!format!("{c:?}").contains("007"));
+    }
+
+    #[test]
+    fn service_link_variables_are_ignored() {
+        let c = load(&[
+            ("REDIS_ADDRESS", "a:1"),
+            ("REDIS_PORT", "tcp://10.0.0.1:6379"),
+            ("REDIS_SERVICE_HOST", "10.0.0.1"),
+            ("REDIS_PORT_6379_TCP", "tcp://10.0.0.1:6379"),
+        ]);
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let c = load(&[
+            ("REDIS_ADDRESS", "a:1"),
+            ("REDIS_USERNAME", ""),
+            ("PROBE_INTERVAL", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.username, None);
+        assert_eq!(c.probe.interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn file_and_environment_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("probe.toml");
+        std::fs::write(
+            &path,
+            "[redis]\naddress = \"file:6379\"\npool_size = 50\n[probe]\ninterval = \"2s\"\nattempts = 5\n",
+        )
+        .unwrap();
+        let c = Config::from_sources(&env(&[("PROBE_ATTEMPTS", "4")]), Some(&path)).unwrap();
+        assert_eq!(c.redis.addresses[0].host, "file");
+        assert_eq!(c.redis.app_pool.size, Some(50));
+        assert_eq!(c.probe.interval, Duration::from_secs(2));
+        assert_eq!(c.probe.attempts, 4, "the environment wins over the file");
+
+        std::fs::write(
+            &path,
+            "[redis]\naddress = \"file:6379\"\npool_size = \"many\"\n",
+        )
+        .unwrap();
+        let p = Config::from_sources(&env(&[]), Some(&path))
+            .unwrap_err()
+            .problems;
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("redis.pool_size = \"many\" in "), "{p:?}");
+        assert!(p[0].ends_with("expected an unsigned integer"), "{p:?}");
+
+        let p =
+            Config::from_sources(&env(&[("PROBE_CONFIG", "/nonexistent.toml")]), None).unwrap_err();
+        assert!(p.problems[0].contains("/nonexistent.toml"), "{p:?}");
+    }
+
+    #[test]
+    fn tls_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let p = problems(&[
+            ("REDIS_ADDRESS", "a:1"),
+            ("REDIS_TLS_ENABLED", "true"),
+            ("REDIS_TLS_CA_FILE", empty.to_str().unwrap()),
+            ("REDIS_TLS_CERT_FILE", "/nonexistent/cert.pem"),
+        ]);
+        let joined = p.join("\n");
+        assert!(
+            joined.contains(&format!(
+                "REDIS_TLS_CA_FILE={}: holds no PEM certificate",
+                empty.display()
+            )),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("REDIS_TLS_CERT_FILE=/nonexistent/cert.pem: cannot read the file"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn password_file_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let c = load(&[
+            ("REDIS_ADDRESS", "a:1"),
+            ("REDIS_PASSWORD_FILE", f.to_str().unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.password, PasswordSource::File(f.clone()));
+        assert_eq!(read_password_file(&f).unwrap().expose(), "s3cret");
+        let p = problems(&[
+            ("REDIS_ADDRESS", "a:1"),
+            ("REDIS_PASSWORD", "x"),
+            ("REDIS_PASSWORD_FILE", f.to_str().unwrap()),
+        ]);
+        assert!(p[0].contains("both set"), "{p:?}");
+    }
+}

@@ -1,0 +1,312 @@
+//! Prometheus metrics: one registry built at start-up, in groups, each registering its own
+//! series and recording what happened through methods named for it; encoded on scrape.
+//!
+//! | group | series | written by |
+//! |---|---|---|
+//! | [`HealthMetrics`] | `redis_health_check*`, `redis_up`, `redis_probe_last_check_timestamp`, `redis_probe_connection_attempts`, `redis_probe_commands`, `redis_probe_connections` | the health loop |
+//! | [`BreakerMetrics`] | `redis_circuit_breaker_*` | the health loop |
+//! | [`NodeMetrics`] | `redis_node_up`, `redis_node_ping_seconds` | the health loop |
+//! | [`ServerViewMetrics`] | `redis_connected_clients`, `redis_max_clients`, `redis_cluster_*`, ... | the health loop's INFO reads |
+//! | [`PoolMetrics`] | `redis_pool_*` | the pool watcher |
+//! | [`CheckMetrics`] | `redis_probe_check_up`, `redis_probe_check_failures` | the checks beside Redis |
+//! | [`TlsMetrics`] | `redis_tls_cert_expiry_timestamp_seconds` | the certificate watcher |
+//! | [`Metrics`] itself | `redis_probe_ready`, `redis_probe_build_info`, `redis_probe_parse_errors`, `redis_probe_config_warning` | the server (ready, on scrape), the INFO and /proc parsers, start-up |
+//!
+//! Every label value known in advance (each failure reason, each breaker state and transition,
+//! each attempt result) is created at start so dashboards and `rate()` see zeros instead of
+//! missing series. Per-node series leave with their node.
+
+mod breaker;
+mod checks;
+mod health;
+pub mod labels;
+mod nodes;
+mod pool;
+mod server_view;
+mod tls;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub use self::breaker::BreakerMetrics;
+pub use self::checks::CheckMetrics;
+pub use self::health::HealthMetrics;
+use self::labels::{KindLabel, NodeLabel, SourceLabel, VersionLabel};
+pub use self::nodes::NodeMetrics;
+pub use self::pool::{Ceiling, PoolMetrics};
+pub use self::server_view::ServerViewMetrics;
+pub use self::tls::TlsMetrics;
+use crate::otlp::LintKind;
+
+/// `Content-Type` of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the Prometheus text format 0.0.4, for clients that do not ask for
+/// OpenMetrics.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Which optional metrics exist: a metric that would only ever say 0 is not exported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `PROBE_EXPECTED_SHARDS` is set.
+    pub expected_shards: Option<u32>,
+    /// `/proc/net/tcp` exists, so the pod's connections can be counted.
+    pub pool: bool,
+    /// The pod's ceiling is known (`REDIS_POOL_SIZE` or `PROBE_POOL_MAX_CONNS`).
+    pub pool_ceiling: bool,
+}
+
+/// What a `redis_probe_parse_errors` count is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseSource {
+    /// INFO and CLUSTER INFO replies.
+    Info,
+    /// `/proc/net/tcp{,6}` lines.
+    ProcNetTcp,
+}
+
+impl ParseSource {
+    const ALL: [ParseSource; 2] = [ParseSource::Info, ParseSource::ProcNetTcp];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ParseSource::Info => "info",
+            ParseSource::ProcNetTcp => "proc_net_tcp",
+        }
+    }
+}
+
+/// Every metric the sidecar exports, in groups.
+pub struct Metrics {
+    registry: Registry,
+    pub health: HealthMetrics,
+    pub breaker: BreakerMetrics,
+    pub nodes: NodeMetrics,
+    pub server_view: ServerViewMetrics,
+    pub pool: PoolMetrics,
+    pub checks: CheckMetrics,
+    pub tls: TlsMetrics,
+    ready: Gauge,
+    parse_errors: Family<SourceLabel, Counter>,
+    config_warning: Family<KindLabel, Gauge>,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// The core metrics only.
+    pub fn new() -> Self {
+        Self::with_options(Options::default())
+    }
+
+    pub fn with_options(opts: Options) -> Self {
+        let mut registry = Registry::default();
+        let health = HealthMetrics::register(&mut registry);
+        let nodes = NodeMetrics::register(&mut registry);
+        let breaker = BreakerMetrics::register(&mut registry);
+        let server_view = ServerViewMetrics::register(&mut registry, opts.expected_shards);
+        let tls = TlsMetrics::register(&mut registry);
+        let pool = PoolMetrics::register(&mut registry, opts.pool, opts.pool_ceiling);
+        let checks = CheckMetrics::register(&mut registry);
+        let m = Metrics {
+            ready: Gauge::default(),
+            parse_errors: Family::default(),
+            config_warning: Family::default(),
+            registry,
+            health,
+            breaker,
+            nodes,
+            server_view,
+            pool,
+            checks,
+            tls,
+        };
+        m.register_sidecar()
+    }
+
+    fn register_sidecar(mut self) -> Self {
+        for kind in LintKind::ALL {
+            let _ = self.config_warning.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
+        for source in ParseSource::ALL {
+            let _ = self.parse_errors.get_or_create(&SourceLabel {
+                source: source.as_str(),
+            });
+        }
+        let build: Family<VersionLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let r = self.registry.sub_registry_with_prefix("redis_probe");
+        r.register("ready", "1 when /readyz answers 200", self.ready.clone());
+        r.register("build_info", "Always 1; the version is a label", build);
+        r.register(
+            "parse_errors",
+            "Lines of INFO replies or /proc/net/tcp that did not parse",
+            self.parse_errors.clone(),
+        );
+        r.register(
+            "config_warning",
+            "1 for each kind of questionable setting found at start-up (OTEL exporter variables)",
+            self.config_warning.clone(),
+        );
+        self
+    }
+
+    /// What `/readyz` answers now; the server sets it just before it encodes a scrape.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// `n` lines from `source` did not parse.
+    pub fn record_parse_errors(&self, source: ParseSource, n: u64) {
+        self.parse_errors
+            .get_or_create(&SourceLabel {
+                source: source.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// Marks the kinds of questionable settings found at start-up.
+    pub fn set_config_warnings(&self, kinds: impl IntoIterator<Item = LintKind>) {
+        for kind in kinds {
+            self.config_warning
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str(),
+                })
+                .set(1);
+        }
+    }
+
+    /// OpenMetrics text.
+    pub fn encode_openmetrics(&self, out: &mut String) {
+        prometheus_client::encoding::text::encode(out, &self.registry)
+            .expect("writing to a String cannot fail");
+    }
+
+    /// Prometheus text format 0.0.4.
+    pub fn encode_prometheus(&self, out: &mut String) {
+        prometheus_client::encoding::prometheus_text::encode(out, &self.registry)
+            .expect("writing to a String cannot fail");
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The nodes a group exports series for, so a node that leaves takes its series along.
+#[derive(Default)]
+struct NodeSeries(Mutex<HashSet<String>>);
+
+impl NodeSeries {
+    /// The nodes exported from now on are `current`; `remove` is called for each one that left.
+    fn replace(&self, current: impl IntoIterator<Item = String>, remove: impl Fn(&NodeLabel)) {
+        let current: HashSet<String> = current.into_iter().collect();
+        // Held only while series are updated, never across an await; a panic elsewhere while
+        // it was held leaves a set that is still usable.
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for stale in known.difference(&current) {
+            remove(&NodeLabel {
+                node: stale.clone(),
+            });
+        }
+        *known = current;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::HostPort;
+    use crate::probe::{NodeReport, Reason, Role};
+
+    fn node(port: u16, role: Role, ok: bool) -> NodeReport {
+        NodeReport {
+            addr: HostPort {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            role,
+            result: if ok {
+                Ok(Duration::from_micros(250))
+            } else {
+                Err(Reason::Timeout)
+            },
+        }
+    }
+
+    #[test]
+    fn known_labels_render_as_zeros() {
+        let m = Metrics::new();
+        let mut s = String::new();
+        m.encode_openmetrics(&mut s);
+        assert!(
+            s.contains("redis_health_check_failed_total{reason=\"connection_reset\"} 0"),
+            "{s}"
+        );
+        assert!(s.contains("redis_circuit_breaker_state{state=\"closed\"} 1"));
+        assert!(
+            s.contains("redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"} 0")
+        );
+        assert!(s.contains("redis_probe_build_info{version=\""));
+        assert!(s.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn config_warnings_render_per_kind() {
+        let m = Metrics::new();
+        m.set_config_warnings([LintKind::GrpcPortWithHttp]);
+        let mut s = String::new();
+        m.encode_openmetrics(&mut s);
+        assert!(
+            s.contains("redis_probe_config_warning{kind=\"grpc_port_with_http\"} 1"),
+            "{s}"
+        );
+        assert!(
+            s.contains("redis_probe_config_warning{kind=\"missing_scheme\"} 0"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn nodes_follow_topology() {
+        let m = Metrics::new();
+        m.nodes
+            .record(&[node(1, Role::Primary, true), node(2, Role::Replica, false)]);
+        // Failover: 2 is now primary, 1 replica.
+        m.nodes
+            .record(&[node(2, Role::Primary, true), node(1, Role::Replica, true)]);
+        let mut s = String::new();
+        m.encode_openmetrics(&mut s);
+        assert!(
+            s.contains("redis_node_up{node=\"127.0.0.1:2\",role=\"primary\"} 1"),
+            "{s}"
+        );
+        assert!(
+            s.contains("redis_node_up{node=\"127.0.0.1:1\",role=\"replica\"} 1"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("redis_node_up{node=\"127.0.0.1:1\",role=\"primary\"}"),
+            "{s}"
+        );
+        assert!(
+            s.contains("redis_node_ping_seconds{node=\"127.0.0.1:2\",role=\"primary\"} 0.00025"),
+            "{s}"
+        );
+    }
+}

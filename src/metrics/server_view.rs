@@ -1,0 +1,165 @@
+//! The server-side view, from INFO and CLUSTER INFO (names as redis_exporter's where it has
+//! them, so existing dashboards fit).
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::NodeSeries;
+use super::labels::NodeLabel;
+use crate::probe::InfoReport;
+use crate::probe::info::ClusterInfo;
+
+#[derive(Default)]
+pub struct ServerViewMetrics {
+    connected_clients: Family<NodeLabel, Gauge>,
+    max_clients: Family<NodeLabel, Gauge>,
+    rejected_connections: Family<NodeLabel, Counter>,
+    connections_received: Family<NodeLabel, Counter>,
+    cluster_state: Gauge,
+    cluster_slots_assigned: Gauge,
+    cluster_slots_ok: Gauge,
+    cluster_slots_pfail: Gauge,
+    cluster_slots_fail: Gauge,
+    cluster_known_nodes: Gauge,
+    cluster_size: Gauge,
+    cluster_expected_shards: Gauge,
+    nodes: NodeSeries,
+}
+
+// === impl ServerViewMetrics ===
+
+impl ServerViewMetrics {
+    /// `expected_shards` (`PROBE_EXPECTED_SHARDS`) is exported only when set.
+    pub fn register(root: &mut Registry, expected_shards: Option<u32>) -> Self {
+        let m = ServerViewMetrics::default();
+        let r = root.sub_registry_with_prefix("redis");
+        r.register(
+            "connected_clients",
+            "Clients connected to the node (INFO clients)",
+            m.connected_clients.clone(),
+        );
+        r.register(
+            "max_clients",
+            "The node's maxclients (INFO; CONFIG GET; else PROBE_MAXCLIENTS)",
+            m.max_clients.clone(),
+        );
+        r.register(
+            "rejected_connections",
+            "Connections the node rejected for maxclients (INFO stats)",
+            m.rejected_connections.clone(),
+        );
+        r.register(
+            "connections_received",
+            "Connections the node accepted since it started (INFO stats)",
+            m.connections_received.clone(),
+        );
+        m.register_cluster(r);
+        if let Some(n) = expected_shards {
+            m.cluster_expected_shards.set(i64::from(n));
+            r.register(
+                "cluster_expected_shards",
+                "Shards the cluster should have (PROBE_EXPECTED_SHARDS)",
+                m.cluster_expected_shards.clone(),
+            );
+        }
+        m
+    }
+
+    fn register_cluster(&self, r: &mut Registry) {
+        let gauges = [
+            (
+                "cluster_state",
+                "1 when CLUSTER INFO says cluster_state:ok",
+                &self.cluster_state,
+            ),
+            (
+                "cluster_slots_assigned",
+                "Slots assigned to a shard",
+                &self.cluster_slots_assigned,
+            ),
+            (
+                "cluster_slots_ok",
+                "Slots served by a healthy primary",
+                &self.cluster_slots_ok,
+            ),
+            (
+                "cluster_slots_pfail",
+                "Slots whose primary is suspected down",
+                &self.cluster_slots_pfail,
+            ),
+            (
+                "cluster_slots_fail",
+                "Slots whose primary is down",
+                &self.cluster_slots_fail,
+            ),
+            (
+                "cluster_known_nodes",
+                "Nodes the cluster knows",
+                &self.cluster_known_nodes,
+            ),
+            (
+                "cluster_size",
+                "Shards serving at least one slot",
+                &self.cluster_size,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            r.register(name, help, gauge.clone());
+        }
+    }
+
+    /// INFO and CLUSTER INFO were read; nodes that did not answer keep no series.
+    pub fn record_info(&self, report: &InfoReport, maxclients_fallback: u64) {
+        self.nodes
+            .replace(report.nodes.iter().map(|n| n.addr.to_string()), |l| {
+                self.connected_clients.remove(l);
+                self.max_clients.remove(l);
+                self.rejected_connections.remove(l);
+                self.connections_received.remove(l);
+            });
+        for n in &report.nodes {
+            let node = NodeLabel {
+                node: n.addr.to_string(),
+            };
+            let info = &n.info;
+            if let Some(v) = info.connected_clients {
+                self.connected_clients.get_or_create(&node).set(v as i64);
+            }
+            self.max_clients
+                .get_or_create(&node)
+                .set(info.maxclients.unwrap_or(maxclients_fallback) as i64);
+            // Counters mirror the server's own totals (a restart of the node resets them, which
+            // Prometheus' rate() handles).
+            if let Some(v) = info.rejected_connections {
+                let c = self.rejected_connections.get_or_create(&node);
+                c.inner().store(v, Ordering::Relaxed);
+            }
+            if let Some(v) = info.total_connections_received {
+                let c = self.connections_received.get_or_create(&node);
+                c.inner().store(v, Ordering::Relaxed);
+            }
+        }
+        if let Some(c) = &report.cluster {
+            self.record_cluster(c);
+        }
+    }
+
+    fn record_cluster(&self, c: &ClusterInfo) {
+        let set = |g: &Gauge, v: Option<u64>| {
+            if let Some(v) = v {
+                g.set(v as i64);
+            }
+        };
+        set(&self.cluster_state, c.state_ok.map(u64::from));
+        set(&self.cluster_slots_assigned, c.slots_assigned);
+        set(&self.cluster_slots_ok, c.slots_ok);
+        set(&self.cluster_slots_pfail, c.slots_pfail);
+        set(&self.cluster_slots_fail, c.slots_fail);
+        set(&self.cluster_known_nodes, c.known_nodes);
+        set(&self.cluster_size, c.size);
+    }
+}
