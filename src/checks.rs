@@ -264,10 +264,9 @@ async fn poll(target: &Target) -> Result<(), Failure> {
             }
         }
         Target::Otlp(e) => {
-            let uri: Uri = e
-                .url
-                .parse()
-                .map_err(|_| Failure::new(PollReason::Other, format!("bad URL {}", e.url)))?;
+            let uri: Uri = e.url.parse().map_err(|_| {
+                Failure::new(PollReason::Other, format!("bad URL {}", e.shown_url()))
+            })?;
             match e.protocol {
                 Protocol::HttpProtobuf | Protocol::HttpJson => {
                     let (ct, body) = match e.protocol {
@@ -285,7 +284,7 @@ async fn poll(target: &Target) -> Result<(), Failure> {
                     } else {
                         Err(Failure::new(
                             PollReason::HttpStatus,
-                            format!("{} from {}", status.as_u16(), e.url),
+                            format!("{} from {}", status.as_u16(), e.shown_url()),
                         ))
                     }
                 }

@@ -86,7 +86,7 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
         pool_ceiling: pool_available
             && (config.redis.app_pool.size.is_some() || config.observe.pool_max_conns.is_some()),
     }));
-    metrics.set_config_warnings(config.checks.otlp_lints.iter().map(|l| l.kind));
+    metrics.set_config_warnings(config.warnings.iter().map(|w| w.kind));
     let (health_loop, health) = HealthLoop::new(
         RedisProbe::new(&config.redis)?,
         Timing::from_config(config),

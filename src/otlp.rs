@@ -89,6 +89,33 @@ pub struct Exporter {
     pub endpoint_var: &'static str,
 }
 
+impl Exporter {
+    /// The URL without user info or query, for messages and bodies.
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// `url` with any user info and query replaced by `<redacted>`: an endpoint can carry a token
+/// in either, and it is shown in logs, `/readyz` and `diagnose`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, _)) => (b, "?<redacted>"),
+        None => (rest, ""),
+    };
+    let authority_end = before_query.find('/').unwrap_or(before_query.len());
+    let (authority, path) = before_query.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("<redacted>@{host}"),
+        None => authority.to_string(),
+    };
+    format!("{scheme}{authority}{path}{query}")
+}
+
 /// The four standard variables, as set.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Variables<'a> {
@@ -121,7 +148,8 @@ pub fn exporter(vars: &Variables<'_>) -> (Option<Exporter>, Vec<Lint>) {
     };
     let endpoint = Endpoint::split(raw);
     let shown = format!(
-        "{endpoint_var}={raw} with {proto_var}={}",
+        "{endpoint_var}={} with {proto_var}={}",
+        redact_url(raw),
         protocol.as_str()
     );
     let lints = lint(&endpoint, protocol, &shown);
@@ -225,6 +253,27 @@ mod tests {
             protocol,
             metrics_protocol,
         }
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            redact_url("https://user:tok3n@collector:4318/v1/metrics?api_key=tok3n"),
+            "https://<redacted>@collector:4318/v1/metrics?<redacted>"
+        );
+        assert_eq!(redact_url("collector:4317"), "collector:4317");
+        assert_eq!(redact_url("http://c:4318/a@b"), "http://c:4318/a@b");
+        let (_, lints) = exporter(&vars(
+            Some("user:tok3n@collector:4318"),
+            None,
+            Some("http/protobuf"),
+            None,
+        ));
+        assert!(!lints.is_empty());
+        assert!(
+            lints.iter().all(|l| !l.message.contains("tok3n")),
+            "{lints:?}"
+        );
     }
 
     #[test]

@@ -61,14 +61,14 @@ fn bad_configuration_exits_64_naming_variable_and_value() {
     let (code, _, err) = run(
         &[
             ("REDIS_ADDRESS", "a:1"),
-            ("REDIS_POOL_SIZE", "abc"),
+            ("PROBE_EXPECTED_SHARDS", "abc"),
             ("PROBE_JITTER", "2"),
         ],
         &["--check-config"],
     );
     assert_eq!(code, 64);
     assert!(
-        err.contains("REDIS_POOL_SIZE=abc: expected an unsigned integer"),
+        err.contains("PROBE_EXPECTED_SHARDS=abc: expected an unsigned integer"),
         "{err}"
     );
     assert!(
@@ -249,5 +249,63 @@ async fn metrics_pass_promtool() {
         out.status.success() && said.trim().is_empty(),
         "promtool: {said}\n{plain}"
     );
+    sidecar.stop().await;
+}
+
+/// The app's own settings, read as the Go app reads them, never keep the sidecar (and so a
+/// native sidecar's app) from starting: `REDIS_READ_ONLY=t` is true, an unreadable one is a
+/// warning line and `redis_probe_config_warning{kind="app_setting"}`.
+#[tokio::test]
+async fn the_apps_settings_never_stop_the_sidecar() {
+    let (code, out, err) = run(
+        &[
+            ("REDIS_ADDRESS", "127.0.0.1:1"),
+            ("REDIS_READ_ONLY", "t"),
+            ("REDIS_POOL_SIZE", "lots"),
+        ],
+        &["--check-config"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("REDIS_READ_ONLY=t"), "{out}");
+    assert!(
+        out.contains("# warning: REDIS_POOL_SIZE=lots: expected an unsigned integer"),
+        "{out}"
+    );
+    let closed = support::free_ports(1)[0];
+    let env: Vec<(String, String)> = [
+        ("REDIS_ADDRESS", format!("127.0.0.1:{closed}")),
+        ("REDIS_MAX_CONN_AGE", "forever".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let sidecar = support::Sidecar::spawn_binary(BIN, &env).await;
+    let (status, _) = sidecar.get("/livez").await;
+    assert_eq!(status, 200);
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        support::sample(&m, "redis_probe_config_warning{kind=\"app_setting\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        support::sample(&m, "redis_probe_config_warning{kind=\"unused_tls\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    // The warning was written before the listener opened; its pipe may be read a little later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warned = |logs: &str| {
+        logs.lines()
+            .any(|l| l.contains("\"level\":\"warn\"") && l.contains("REDIS_MAX_CONN_AGE=forever"))
+    };
+    while !warned(&sidecar.logs()) {
+        assert!(
+            Instant::now() < deadline,
+            "no warning line:\n{}",
+            sidecar.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     sidecar.stop().await;
 }

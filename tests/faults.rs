@@ -380,7 +380,7 @@ async fn frozen_primary_times_out_without_flipping() {
         slowest = slowest.max(t.elapsed());
         assert_eq!(status, 200, "a frozen primary flipped readiness:\n{body}");
         polls += 1;
-        if polls % 20 == 0 && sample(&sidecar.metrics().await, timeouts).unwrap() >= 1.0 {
+        if polls.is_multiple_of(20) && sample(&sidecar.metrics().await, timeouts).unwrap() >= 1.0 {
             timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -11,8 +11,8 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 
 use super::parse::{
-    Addresses, CertFile, Choice, Count, DnsName, Flag, HttpUrl, KeyFile, Listen, LogLevel, Parser,
-    Positive, ReadableFile, SecretText, Span, Text, Unit, Unsigned,
+    Addresses, App, CertFile, Choice, Count, DnsName, Flag, HttpUrl, KeyFile, Listen, LogLevel,
+    Parser, Positive, ReadableFile, SecretText, Span, Text, Unit, Unsigned, UrlText,
 };
 use super::{LogFormat, OnFailure};
 
@@ -33,7 +33,7 @@ pub enum KeyDefault {
 }
 
 /// One key, whatever its type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct KeyInfo {
     /// Environment variable name.
     pub env: &'static str,
@@ -44,6 +44,24 @@ pub struct KeyInfo {
     pub doc: &'static str,
     /// Never printed.
     pub secret: bool,
+    /// The app's own setting, read as the Go app reads it: a value the sidecar cannot read is
+    /// a warning, never a reason not to start.
+    pub lenient: bool,
+    /// How a value is shown (URLs without credentials).
+    pub shown: fn(&str) -> String,
+}
+
+impl PartialEq for KeyInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.env == other.env
+    }
+}
+impl Eq for KeyInfo {}
+
+impl std::fmt::Debug for KeyInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.env)
+    }
 }
 
 impl KeyInfo {
@@ -100,6 +118,8 @@ impl<P: Parser> Key<P> {
                 default,
                 doc,
                 secret: P::SECRET,
+                lenient: P::LENIENT,
+                shown: P::shown,
             },
             parser: PhantomData,
         }
@@ -141,27 +161,27 @@ keys! {
         "Client key (PEM).";
     REDIS_TLS_SERVER_NAME: DnsName = "redis.tls.server_name", Implied("the node's address"),
         "Name verified in every node's certificate, for nodes announced by IP with a certificate for a host name.";
-    REDIS_DIAL_TIMEOUT: Positive = "redis.dial_timeout", Value("5s"),
+    REDIS_DIAL_TIMEOUT: App<Positive> = "redis.dial_timeout", Value("5s"),
         "TCP + TLS + AUTH of a new connection (also bounded by the attempt timeout).";
-    REDIS_READ_TIMEOUT: Positive = "redis.read_timeout", Value("3s"),
+    REDIS_READ_TIMEOUT: App<Positive> = "redis.read_timeout", Value("3s"),
         "Reply timeout of a command (also bounded by the attempt timeout).";
-    REDIS_WRITE_TIMEOUT: Positive = "redis.write_timeout", Value("3s"),
+    REDIS_WRITE_TIMEOUT: App<Positive> = "redis.write_timeout", Value("3s"),
         "Accepted and validated for the app's ConfigMap; redis-rs has no write timeout, the attempt timeout bounds writes.";
-    REDIS_POOL_SIZE: Unsigned = "redis.pool_size", Unset,
+    REDIS_POOL_SIZE: App<Unsigned> = "redis.pool_size", Unset,
         "The app's go-redis pool size, **per node**. Sets the pod's ceiling `redis_pool_max_conns`; redis-probe itself keeps one connection per node.";
-    REDIS_POOL_TIMEOUT: Span = "redis.pool_timeout", Unset,
+    REDIS_POOL_TIMEOUT: App<Span> = "redis.pool_timeout", Unset,
         "The app's setting; validated, not used.";
-    REDIS_MIN_IDLE_CONNS: Unsigned = "redis.min_idle_conns", Unset,
+    REDIS_MIN_IDLE_CONNS: App<Unsigned> = "redis.min_idle_conns", Unset,
         "The app's setting; validated, not used.";
-    REDIS_MAX_CONN_AGE: Span = "redis.max_conn_age", Unset,
+    REDIS_MAX_CONN_AGE: App<Span> = "redis.max_conn_age", Unset,
         "The app's setting; validated, not used.";
-    REDIS_ROUTE_BY_LATENCY: Flag = "redis.route_by_latency", Value("false"),
+    REDIS_ROUTE_BY_LATENCY: App<Flag> = "redis.route_by_latency", Value("false"),
         "The app's setting: when true the app also connects to replicas, so the ceiling counts every node.";
-    REDIS_READ_ONLY: Flag = "redis.read_only", Value("false"),
+    REDIS_READ_ONLY: App<Flag> = "redis.read_only", Value("false"),
         "As `REDIS_ROUTE_BY_LATENCY`.";
-    REDIS_PASSWORD_FROM_SECRETS: Flag = "redis.password_from_secrets", Value("false"),
+    REDIS_PASSWORD_FROM_SECRETS: App<Flag> = "redis.password_from_secrets", Value("false"),
         "The app's setting. redis-probe calls no secret store: when true and no password is given, start-up logs a warning to mount the secret and set `REDIS_PASSWORD_FILE`.";
-    AWS_SECRET_NAME: Text = "redis.aws_secret_name", Unset,
+    AWS_SECRET_NAME: App<Text> = "redis.aws_secret_name", Unset,
         "The app's setting; validated, not used.";
     PROBE_LISTEN: Listen = "server.listen", Value("0.0.0.0:8081"),
         "HTTP listen address.";
@@ -187,7 +207,7 @@ keys! {
         "`unready`: 503 when Redis is down. `degraded`: 200 with `degraded`.";
     PROBE_INFO_INTERVAL: Positive = "cluster.info_interval", Value("30s"),
         "How often `INFO clients stats` is read from every node, over the connections already held, and the cluster metrics published (from the `CLUSTER INFO` each check reads with the topology).";
-    PROBE_MAXCLIENTS: Count = "cluster.maxclients", Value("65000"),
+    PROBE_MAXCLIENTS: Count<{ u32::MAX }> = "cluster.maxclients", Value("65000"),
         "maxclients to assume when neither INFO nor `CONFIG GET` tells (ElastiCache disables CONFIG; its limit is 65,000).";
     PROBE_EXPECTED_SHARDS: Unsigned = "cluster.expected_shards", Unset,
         "Shards the cluster should have (what the infrastructure code declares); exported for drift alerts.";
@@ -201,9 +221,9 @@ keys! {
         "Timeout of one poll of the app.";
     PROBE_UPSTREAM_FAILURE_THRESHOLD: Count = "upstream.failure_threshold", Value("3"),
         "Failed polls in a row before the app counts as not ready (one success makes it ready).";
-    OTEL_EXPORTER_OTLP_ENDPOINT: Text = "otlp.endpoint", Unset,
+    OTEL_EXPORTER_OTLP_ENDPOINT: UrlText = "otlp.endpoint", Unset,
         "The app's OTLP endpoint (standard variable, from the app's ConfigMap): linted, and the collector checked.";
-    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: Text = "otlp.metrics_endpoint", Unset,
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: UrlText = "otlp.metrics_endpoint", Unset,
         "Metrics-specific endpoint, used as is (wins over the general one).";
     OTEL_EXPORTER_OTLP_PROTOCOL: Text = "otlp.protocol", Implied("`http/protobuf`"),
         "`grpc`, `http/protobuf` or `http/json`.";
@@ -221,9 +241,10 @@ keys! {
 pub fn markdown_table() -> String {
     let mut out = String::from("| variable | TOML | default | meaning |\n|---|---|---|---|\n");
     for k in KEYS {
+        let app = if k.lenient { "*App setting.* " } else { "" };
         let _ = writeln!(
             out,
-            "| `{}` | `{}` | {} | {} |",
+            "| `{}` | `{}` | {} | {app}{} |",
             k.env,
             k.path,
             k.shown_default(),

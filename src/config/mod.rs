@@ -264,10 +264,65 @@ pub struct Config {
     pub checks: ChecksConfig,
     pub listen: SocketAddr,
     pub log: LogConfig,
-    /// Settings that are valid but probably not what was meant; logged at start.
-    pub warnings: Vec<String>,
+    /// Settings that are valid but probably not what was meant, and app settings the sidecar
+    /// could not read; logged at start, counted in `redis_probe_config_warning`.
+    pub warnings: Vec<Warning>,
     /// Each key's effective value as text (secrets redacted), for `--check-config`.
     pub effective: Vec<Setting>,
+}
+
+/// A setting that does not stop start-up but should be looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub kind: WarningKind,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The kinds of [`Warning`], the label of `redis_probe_config_warning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WarningKind {
+    /// The OTEL exporter variables look wrong.
+    Otlp(crate::otlp::LintKind),
+    /// An app setting (read as the Go app reads it) that the sidecar could not read: ignored.
+    AppSetting,
+    /// TLS files are given while TLS is off.
+    UnusedTls,
+    /// `REDIS_PASSWORD_FROM_SECRETS=true` without a password or password file.
+    NoSecretStore,
+    /// The attempt timeout is more than twice the interval.
+    SlowAttempt,
+}
+
+impl WarningKind {
+    /// Every kind, for series that exist from the start.
+    pub fn all() -> impl Iterator<Item = WarningKind> {
+        let others = [
+            WarningKind::AppSetting,
+            WarningKind::UnusedTls,
+            WarningKind::NoSecretStore,
+            WarningKind::SlowAttempt,
+        ];
+        crate::otlp::LintKind::ALL
+            .into_iter()
+            .map(WarningKind::Otlp)
+            .chain(others)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarningKind::Otlp(lint) => lint.as_str(),
+            WarningKind::AppSetting => "app_setting",
+            WarningKind::UnusedTls => "unused_tls",
+            WarningKind::NoSecretStore => "no_secret_store",
+            WarningKind::SlowAttempt => "slow_attempt",
+        }
+    }
 }
 
 /// Every problem found, one per line.
@@ -295,18 +350,16 @@ impl Config {
         });
         let mut figment = Figment::from(Defaults);
         if let Some(path) = &file {
-            if !path.is_file() {
-                return Err(ConfigError {
-                    problems: vec![format!("config file {}: no such file", path.display())],
-                });
-            }
+            check_file(path)?;
             figment = figment.merge(Toml::file_exact(path));
         }
         let mut r = Reader {
             figment: figment.merge(env.clone()),
+            defaults: Figment::from(Defaults),
             env,
             file,
             problems: vec![],
+            warnings: vec![],
             effective: vec![],
         };
         match read::config(&mut r) {
@@ -349,6 +402,34 @@ impl Config {
             let _ = writeln!(out, "# warning: {w}");
         }
         out
+    }
+}
+
+/// The config file exists and is TOML. A parse error names the file, line and column but never
+/// shows the line: it may hold the password.
+fn check_file(path: &Path) -> Result<(), ConfigError> {
+    use figment::Provider;
+    let problem = |what: String| ConfigError {
+        problems: vec![format!("config file {}: {what}", path.display())],
+    };
+    if !path.is_file() {
+        return Err(problem("no such file".into()));
+    }
+    match Toml::file_exact(path).data() {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let text = e.to_string();
+            // toml's message starts "TOML parse error at line L, column C" and goes on to
+            // quote the line.
+            let at = text
+                .find("at line ")
+                .map(|i| &text[i..])
+                .and_then(|t| t.lines().next())
+                .unwrap_or("");
+            Err(problem(format!(
+                "not valid TOML {at} (the line is not shown: it may hold a secret)"
+            )))
+        }
     }
 }
 
@@ -449,21 +530,31 @@ mod tests {
 
     #[test]
     fn bad_values_name_variable_and_value() {
-        let p = problems(&[("REDIS_ADDRESS", "a:1"), ("REDIS_POOL_SIZE", "abc")]);
-        assert_eq!(p, vec!["REDIS_POOL_SIZE=abc: expected an unsigned integer"]);
+        let p = problems(&[("REDIS_ADDRESS", "a:1"), ("PROBE_EXPECTED_SHARDS", "abc")]);
+        assert_eq!(
+            p,
+            vec!["PROBE_EXPECTED_SHARDS=abc: expected an unsigned integer"]
+        );
         let p = problems(&[("REDIS_ADDRESS", "a:1"), ("PROBE_INTERVAL", "5 parsecs")]);
         assert_eq!(
             p,
-            vec!["PROBE_INTERVAL=\"5 parsecs\": expected a duration such as 500ms, 10s or 30m"]
+            vec![
+                "PROBE_INTERVAL=\"5 parsecs\": expected a duration such as 500ms, 1.5s, 10s or 1h30m"
+            ]
         );
         let p = problems(&[("REDIS_ADDRESS", "a:1"), ("REDIS_TLS_ENABLED", "maybe")]);
-        assert_eq!(p, vec!["REDIS_TLS_ENABLED=maybe: expected true or false"]);
+        assert_eq!(
+            p,
+            vec![
+                "REDIS_TLS_ENABLED=maybe: expected true or false (or 1, t, T, TRUE, True, 0, f, ...)"
+            ]
+        );
     }
 
     #[test]
     fn every_problem_is_reported() {
         let p = problems(&[
-            ("REDIS_POOL_SIZE", "-1"),
+            ("PROBE_EXPECTED_SHARDS", "-1"),
             ("PROBE_JITTER", "1.5"),
             ("PROBE_ATTEMPTS", "0"),
             ("PROBE_ON_FAILURE", "panic"),
@@ -474,7 +565,7 @@ mod tests {
         let joined = p.join("\n");
         for needle in [
             "REDIS_ADDRESS is required",
-            "REDIS_POOL_SIZE=-1: expected an unsigned integer",
+            "PROBE_EXPECTED_SHARDS=-1: expected an unsigned integer",
             "PROBE_JITTER=1.5: must be at least 0 and less than 1",
             "PROBE_ATTEMPTS=0: must be at least 1",
             "PROBE_ON_FAILURE=panic: expected unready or degraded",
@@ -561,14 +652,14 @@ mod tests {
 
         std::fs::write(
             &path,
-            "[redis]\naddress = \"file:6379\"\npool_size = \"many\"\n",
+            "[redis]\naddress = \"file:6379\"\n[probe]\nattempts = \"many\"\n",
         )
         .unwrap();
         let p = Config::from_sources(&env(&[]), Some(&path))
             .unwrap_err()
             .problems;
         assert_eq!(p.len(), 1);
-        assert!(p[0].starts_with("redis.pool_size = \"many\" in "), "{p:?}");
+        assert!(p[0].starts_with("probe.attempts = \"many\" in "), "{p:?}");
         assert!(p[0].ends_with("expected an unsigned integer"), "{p:?}");
 
         let p =
@@ -619,5 +710,124 @@ mod tests {
             ("REDIS_PASSWORD_FILE", f.to_str().unwrap()),
         ]);
         assert!(p[0].contains("both set"), "{p:?}");
+    }
+
+    #[test]
+    fn the_apps_settings_never_stop_start_up() {
+        // Valid for the Go app (strconv.ParseBool, time.ParseDuration): read the same way.
+        let c = load(&[
+            ("REDIS_ADDRESS", "a:1"),
+            ("REDIS_READ_ONLY", "t"),
+            ("REDIS_ROUTE_BY_LATENCY", "1"),
+            ("REDIS_MAX_CONN_AGE", "1h30m"),
+            ("REDIS_DIAL_TIMEOUT", "1.5s"),
+            ("REDIS_TLS_ENABLED", "True"),
+        ])
+        .unwrap();
+        assert!(c.redis.app_pool.read_only && c.redis.app_pool.route_by_latency);
+        assert_eq!(
+            c.redis.app_pool.max_conn_age,
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(c.redis.dial_timeout, Duration::from_millis(1500));
+        assert!(c.redis.tls.is_some());
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // Not readable by the sidecar: a warning each, and the default.
+        let c = load(&[
+            ("REDIS_ADDRESS", "a:1"),
+            ("REDIS_READ_ONLY", "yes"),
+            ("REDIS_POOL_SIZE", "abc"),
+            ("REDIS_DIAL_TIMEOUT", "soon"),
+        ])
+        .unwrap();
+        assert!(!c.redis.app_pool.read_only);
+        assert_eq!(c.redis.app_pool.size, None);
+        assert_eq!(c.redis.dial_timeout, Duration::from_secs(5));
+        let app: Vec<&Warning> = c
+            .warnings
+            .iter()
+            .filter(|w| w.kind == WarningKind::AppSetting)
+            .collect();
+        assert_eq!(app.len(), 3, "{app:?}");
+        let said = |prefix: &str| app.iter().any(|w| w.message.starts_with(prefix));
+        assert!(
+            said("REDIS_READ_ONLY=yes: expected true or false"),
+            "{app:?}"
+        );
+        assert!(
+            said("REDIS_DIAL_TIMEOUT=soon: expected a duration"),
+            "{app:?}"
+        );
+        let shown = c.render();
+        assert!(shown.contains("REDIS_DIAL_TIMEOUT=5s"), "{shown}");
+        // The sidecar's own settings still stop it.
+        let p = problems(&[("REDIS_ADDRESS", "a:1"), ("REDIS_CLUSTER_MODE", "yes")]);
+        assert!(
+            p[0].starts_with("REDIS_CLUSTER_MODE=yes: expected true"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn absurd_values_are_errors_not_panics() {
+        let p = problems(&[
+            ("REDIS_ADDRESS", "a:1"),
+            ("PROBE_ATTEMPTS", "1000000000"),
+            ("PROBE_INTERVAL", "100000years"),
+            ("PROBE_OPEN_DURATION_MAX", "500000000000y"),
+            ("PROBE_FAILURE_THRESHOLD", "99999999999999999999"),
+        ]);
+        let joined = p.join("\n");
+        for needle in [
+            "PROBE_ATTEMPTS=1000000000: must be at most 1000",
+            "PROBE_INTERVAL=100000years: must be at most 24h",
+            "PROBE_OPEN_DURATION_MAX=500000000000y: ",
+            "PROBE_FAILURE_THRESHOLD=99999999999999999999: expected an unsigned integer",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn secrets_in_bad_input_are_never_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("probe.toml");
+        std::fs::write(
+            &path,
+            "[redis]\naddress = \"a:1\"\npassword = \"s3cr\\qet\"\n",
+        )
+        .unwrap();
+        let p = Config::from_sources(&env(&[]), Some(&path))
+            .unwrap_err()
+            .problems;
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("not valid TOML at line 3, column"), "{p:?}");
+        assert!(!p[0].contains("s3cr"), "{p:?}");
+
+        for url in ["redis://:hunter2@host:6379", "default:hunter2@host:6379"] {
+            let p = problems(&[("REDIS_ADDRESS", url)]);
+            assert!(
+                p[0].starts_with("REDIS_ADDRESS (value not shown): "),
+                "{p:?}"
+            );
+            assert!(!p.join(" ").contains("hunter2"), "{p:?}");
+        }
+
+        let c = load(&[
+            ("REDIS_ADDRESS", "a:1"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://u:tok3n@collector.example?key=tok3n",
+            ),
+        ])
+        .unwrap();
+        let shown = format!("{}{:?}", c.render(), c.warnings);
+        assert!(!shown.contains("tok3n"), "{shown}");
+        assert!(
+            shown.contains(
+                "OTEL_EXPORTER_OTLP_ENDPOINT=https://<redacted>@collector.example?<redacted>"
+            ),
+            "{shown}"
+        );
     }
 }

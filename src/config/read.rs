@@ -7,25 +7,25 @@ use super::keys::*;
 use super::reader::Reader;
 use super::{
     AppPool, ChecksConfig, ClientCert, Config, LogConfig, ObserveConfig, PasswordSource,
-    ProbeConfig, RedisConfig, TlsConfig,
+    ProbeConfig, RedisConfig, TlsConfig, WarningKind,
 };
 
 /// Reads every section; `None` when any key has a problem (the reader holds them all).
 pub(super) fn config(r: &mut Reader<'_>) -> Option<Config> {
-    let mut warnings = vec![];
-    let redis = redis(r, &mut warnings);
+    let redis = redis(r);
     let listen = r.get(PROBE_LISTEN);
     let probe = probe(r);
-    let checks = checks(r, &mut warnings);
+    let checks = checks(r);
     let observe = observe(r);
     let log = log(r);
     if let Some(p) = &probe
         && p.attempt_timeout > p.interval * 2
     {
-        warnings.push(format!(
+        let message = format!(
             "{} is more than twice {}: a hanging node delays every check",
             PROBE_ATTEMPT_TIMEOUT.env, PROBE_INTERVAL.env
-        ));
+        );
+        r.warn(WarningKind::SlowAttempt, message);
     }
     Some(Config {
         redis: redis?,
@@ -34,12 +34,12 @@ pub(super) fn config(r: &mut Reader<'_>) -> Option<Config> {
         checks: checks?,
         listen: listen?,
         log: log?,
-        warnings,
+        warnings: std::mem::take(&mut r.warnings),
         effective: std::mem::take(&mut r.effective),
     })
 }
 
-fn redis(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<RedisConfig> {
+fn redis(r: &mut Reader<'_>) -> Option<RedisConfig> {
     let addresses = r.require(REDIS_ADDRESS);
     let cluster_mode = r.get(REDIS_CLUSTER_MODE);
     if cluster_mode == Some(false) && addresses.as_ref().is_some_and(|a| a.len() > 1) {
@@ -50,7 +50,7 @@ fn redis(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<RedisConfig> 
     }
     let username = r.get(REDIS_USERNAME);
     let password = password(r);
-    let tls = tls(r, warnings);
+    let tls = tls(r);
     let dial_timeout = r.get(REDIS_DIAL_TIMEOUT);
     let read_timeout = r.get(REDIS_READ_TIMEOUT);
     let write_timeout = r.get(REDIS_WRITE_TIMEOUT);
@@ -58,14 +58,15 @@ fn redis(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<RedisConfig> 
     let password_from_secrets = r.get(REDIS_PASSWORD_FROM_SECRETS).unwrap_or(false);
     let aws_secret_name = r.get(AWS_SECRET_NAME);
     if password_from_secrets && password == Some(PasswordSource::None) {
-        warnings.push(format!(
+        let message = format!(
             "{}=true but neither {} nor {} is set: redis-probe does not call a secret store; \
              mount the secret as a file and set {}",
             REDIS_PASSWORD_FROM_SECRETS.env,
             REDIS_PASSWORD.env,
             REDIS_PASSWORD_FILE.env,
             REDIS_PASSWORD_FILE.env
-        ));
+        );
+        r.warn(WarningKind::NoSecretStore, message);
     }
     Some(RedisConfig {
         addresses: addresses?,
@@ -103,7 +104,7 @@ fn password(r: &mut Reader<'_>) -> Option<PasswordSource> {
 }
 
 /// The TLS material; `None` when TLS is off (a warning when files are given anyway).
-fn tls(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<TlsConfig> {
+fn tls(r: &mut Reader<'_>) -> Option<TlsConfig> {
     let enabled = r.get(REDIS_TLS_ENABLED);
     let ca_pem = r.get(REDIS_TLS_CA_FILE);
     let cert = r.get(REDIS_TLS_CERT_FILE);
@@ -131,10 +132,11 @@ fn tls(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<TlsConfig> {
         });
     }
     if ca_pem.is_some() || client.is_some() || server_name.is_some() {
-        warnings.push(format!(
+        let message = format!(
             "TLS settings are given but {}=false: they are not used",
             REDIS_TLS_ENABLED.env
-        ));
+        );
+        r.warn(WarningKind::UnusedTls, message);
     }
     None
 }
@@ -203,7 +205,7 @@ fn observe(r: &mut Reader<'_>) -> Option<ObserveConfig> {
 }
 
 /// The checks beside Redis: the app's readiness (upstream keys) and the OTLP collector.
-fn checks(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<ChecksConfig> {
+fn checks(r: &mut Reader<'_>) -> Option<ChecksConfig> {
     let upstream = r.get(PROBE_UPSTREAM_READYZ);
     let upstream_timeout = r.get(PROBE_UPSTREAM_TIMEOUT);
     let upstream_failure_threshold = r.get(PROBE_UPSTREAM_FAILURE_THRESHOLD);
@@ -218,7 +220,9 @@ fn checks(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<ChecksConfig
         protocol: protocol.as_deref(),
         metrics_protocol: metrics_protocol.as_deref(),
     });
-    warnings.extend(otlp_lints.iter().map(|f| format!("OTLP: {f}")));
+    for lint in &otlp_lints {
+        r.warn(WarningKind::Otlp(lint.kind), format!("OTLP: {lint}"));
+    }
     Some(ChecksConfig {
         upstream,
         upstream_timeout: upstream_timeout?,

@@ -8,8 +8,9 @@ use figment::Figment;
 use figment::value::Value;
 
 use super::keys::{Key, KeyInfo};
-use super::parse::{FieldType, Parser};
+use super::parse::{FieldType, Invalid, Parser};
 use super::source::{DEFAULT_SOURCE, ENV_SOURCE, EnvVars};
+use super::{Warning, WarningKind};
 
 /// One key's effective value as text (secrets redacted), for `--check-config`.
 #[derive(Clone, PartialEq, Eq)]
@@ -26,26 +27,65 @@ impl fmt::Debug for Setting {
     }
 }
 
-/// Collects values and problems while reading keys one by one.
+/// Collects values, problems and warnings while reading keys one by one.
 pub(super) struct Reader<'a> {
     pub figment: Figment,
+    /// The built-in defaults alone, for an app setting that could not be read.
+    pub defaults: Figment,
     pub env: &'a EnvVars,
     pub file: Option<PathBuf>,
     pub problems: Vec<String>,
+    pub warnings: Vec<Warning>,
     pub effective: Vec<Setting>,
 }
 
 impl Reader<'_> {
-    /// Reads `key` through its parser; `None` when unset or when it has a problem.
+    /// Reads `key` through its parser; `None` when unset or when it has a problem. A problem
+    /// with the app's own setting (a lenient key) is a warning, and the default applies.
     pub fn get<P: Parser>(&mut self, key: Key<P>) -> Option<P::Out> {
-        let raw = self.raw::<P::Raw>(key.info)?;
-        match P::check(raw) {
-            Ok(v) => Some(v),
-            Err(what) => {
-                self.problem(key.info, what);
-                None
-            }
+        let problems = self.problems.len();
+        let value = self
+            .raw::<P::Raw>(key.info)
+            .and_then(|raw| match P::check(raw) {
+                Ok(v) => Some(v),
+                Err(invalid) => {
+                    self.invalid(key.info, invalid);
+                    None
+                }
+            });
+        if !key.lenient || self.problems.len() == problems {
+            return value;
         }
+        let found: Vec<String> = self.problems.drain(problems..).collect();
+        for p in found {
+            let message = format!("{p}; the app's own setting, so redis-probe ignores it");
+            self.warn(WarningKind::AppSetting, message);
+        }
+        self.effective.retain(|s| s.key != key.info);
+        let default = key.default_value()?;
+        let raw = self.defaults.extract_inner_lossy::<P::Raw>(key.path).ok()?;
+        self.effective.push(Setting {
+            key: key.info,
+            value: default.to_string(),
+            source: "built-in default, the value given is not readable",
+        });
+        P::check(raw).ok()
+    }
+
+    pub fn warn(&mut self, kind: WarningKind, message: impl Into<String>) {
+        self.warnings.push(Warning {
+            kind,
+            message: message.into(),
+        });
+    }
+
+    fn invalid(&mut self, key: KeyInfo, invalid: Invalid) {
+        let shown = if invalid.hide_value {
+            format!("{} (value not shown)", key.env)
+        } else {
+            self.describe(key)
+        };
+        self.problems.push(format!("{shown}: {}", invalid.what));
     }
 
     /// As [`Reader::get`], and a problem when the key is unset.
@@ -68,7 +108,13 @@ impl Reader<'_> {
 
     /// Where `key`'s value came from, and that value, written for a person.
     pub fn describe(&self, key: KeyInfo) -> String {
-        let redact = |v: String| if key.secret { "<redacted>".into() } else { v };
+        let redact = |v: String| {
+            if key.secret {
+                "<redacted>".into()
+            } else {
+                (key.shown)(&v)
+            }
+        };
         match self.source(key) {
             ENV_SOURCE => format!(
                 "{}={}",
@@ -117,10 +163,12 @@ impl Reader<'_> {
                 let value = if key.secret {
                     "<redacted>".to_string()
                 } else {
-                    self.figment
+                    let text = self
+                        .figment
                         .find_value(key.path)
                         .map(|v| plain_text(&v))
-                        .unwrap_or_default()
+                        .unwrap_or_default();
+                    (key.shown)(&text)
                 };
                 let source = self.source(key);
                 self.effective.push(Setting { key, value, source });

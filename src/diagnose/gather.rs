@@ -329,14 +329,14 @@ async fn otlp(config: &Config, f: &mut Findings) -> OtlpView {
     let Some(e) = &config.checks.otlp else {
         return v;
     };
-    v.endpoint = Some(e.url.clone());
+    v.endpoint = Some(e.shown_url());
     v.protocol = Some(e.protocol.as_str());
     let target = Target::Otlp(e.clone());
     let reach = checks::check_once(&target, config.probe.attempt_timeout)
         .await
         .map_err(|failure| failure.text);
     if let Err(text) = &reach {
-        let message = format!("{} ({}): {text}", e.url, e.protocol.as_str());
+        let message = format!("{} ({}): {text}", e.shown_url(), e.protocol.as_str());
         f.add(Code::OtlpUnreachable, message);
     }
     v.reachable = Some(reach);

@@ -41,7 +41,7 @@ pub use self::nodes::NodeMetrics;
 pub use self::pool::{Ceiling, PoolMetrics};
 pub use self::server_view::ServerViewMetrics;
 pub use self::tls::TlsMetrics;
-use crate::otlp::LintKind;
+use crate::config::WarningKind;
 
 /// `Content-Type` of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -130,7 +130,7 @@ impl Metrics {
     }
 
     fn register_sidecar(mut self) -> Self {
-        for kind in LintKind::ALL {
+        for kind in WarningKind::all() {
             let _ = self.config_warning.get_or_create(&KindLabel {
                 kind: kind.as_str(),
             });
@@ -156,7 +156,7 @@ impl Metrics {
         );
         r.register(
             "config_warning",
-            "1 for each kind of questionable setting found at start-up (OTEL exporter variables)",
+            "1 for each kind of questionable setting found at start-up (OTEL exporter variables, app settings not readable, ...)",
             self.config_warning.clone(),
         );
         self
@@ -177,7 +177,7 @@ impl Metrics {
     }
 
     /// Marks the kinds of questionable settings found at start-up.
-    pub fn set_config_warnings(&self, kinds: impl IntoIterator<Item = LintKind>) {
+    pub fn set_config_warnings(&self, kinds: impl IntoIterator<Item = WarningKind>) {
         for kind in kinds {
             self.config_warning
                 .get_or_create(&KindLabel {
@@ -269,7 +269,7 @@ mod tests {
     #[test]
     fn config_warnings_render_per_kind() {
         let m = Metrics::new();
-        m.set_config_warnings([LintKind::GrpcPortWithHttp]);
+        m.set_config_warnings([WarningKind::Otlp(crate::otlp::LintKind::GrpcPortWithHttp)]);
         let mut s = String::new();
         m.encode_openmetrics(&mut s);
         assert!(

@@ -443,6 +443,13 @@ impl RedisProbe {
         self.dials.store(0, Ordering::Relaxed);
         self.commands.store(0, Ordering::Relaxed);
         let mut report = self.attempt(deadline).await;
+        // Server and library error text goes to logs and diagnose: never with the token in it,
+        // whatever a server or a proxy echoes back.
+        if let (Some(detail), Some(password)) = (&mut report.detail, &self.password)
+            && !password.expose().is_empty()
+        {
+            *detail = detail.replace(password.expose(), "<redacted>");
+        }
         report.cost = Cost {
             dials: self.dials.load(Ordering::Relaxed),
             commands: self.commands.load(Ordering::Relaxed),
