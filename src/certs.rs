@@ -1,6 +1,7 @@
 //! The certificate watcher: exports each node's TLS certificate expiry
 //! (`redis_tls_cert_expiry_timestamp_seconds`), after the first check that found nodes, then
-//! every [`CERT_CHECK_INTERVAL`]. One short TLS connection per node each time, no AUTH, no
+//! every [`CERT_CHECK_INTERVAL`]. Only certificates that verify are exported, and a node that
+//! left the topology takes its series along. One short TLS connection per node each time, no AUTH, no
 //! command ([`crate::probe::tls::inspect`]).
 
 use std::sync::Arc;
@@ -34,11 +35,17 @@ pub async fn watch(
             }
             continue;
         }
+        let mut verified = Vec::with_capacity(nodes.len());
         for addr in nodes {
-            if let Ok(info) = tls::inspect(&addr, &tls, timeout).await {
-                metrics.tls.record_expiry(&addr.to_string(), info.not_after);
+            // An expiry read from a certificate that does not verify says nothing about the
+            // one the probe trusts: not exported.
+            if let Ok(info) = tls::inspect(&addr, &tls, timeout).await
+                && info.verified
+            {
+                verified.push((addr.to_string(), info.not_after));
             }
         }
+        metrics.tls.record_expiries(&verified);
         tokio::time::sleep(CERT_CHECK_INTERVAL).await;
     }
 }

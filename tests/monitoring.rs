@@ -94,7 +94,7 @@ fn exported_names() -> BTreeSet<String> {
     };
     m.pool
         .record_counts(&[(node.to_string(), 1)], Some(ceiling));
-    m.tls.record_expiry(&node.to_string(), 1);
+    m.tls.record_expiries(&[(node.to_string(), 1)]);
     let mut text = String::new();
     m.encode_prometheus(&mut text);
     text.lines()

@@ -52,6 +52,8 @@ pub enum Code {
     ClusterState,
     /// The shards serving slots are not the ones declared (`PROBE_EXPECTED_SHARDS`).
     ShardDrift,
+    /// The topology has more nodes than the sidecar follows (`probe::MAX_NODES`).
+    TopologyTruncated,
     /// One node's PING is much slower than the others'.
     SlowNode,
     /// A node has more than 80 % of its maxclients connected.
@@ -75,7 +77,7 @@ impl Code {
             Dns | PasswordFile | Auth | Tls | Unreachable | TlsUnverified | CertExpiring => {
                 Section::Reachability
             }
-            SlotsUncovered | ClusterState | ShardDrift => Section::Topology,
+            SlotsUncovered | ClusterState | ShardDrift | TopologyTruncated => Section::Topology,
             SlowNode => Section::Latency,
             ClientsNearMax | CeilingAboveMaxclients => Section::Connections,
             AttemptAboveProbeTimeout | ReadTimeoutTight => Section::Timeouts,
@@ -96,6 +98,7 @@ impl Code {
             SlotsUncovered => "slots_uncovered",
             ClusterState => "cluster_state",
             ShardDrift => "shard_drift",
+            TopologyTruncated => "topology_truncated",
             SlowNode => "slow_node",
             ClientsNearMax => "clients_near_max",
             CeilingAboveMaxclients => "ceiling_above_maxclients",

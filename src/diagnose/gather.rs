@@ -38,6 +38,14 @@ pub(super) async fn report(config: &Config, opts: &Options) -> Report {
             r.reachability.nodes = reachability(config, &first, &mut f).await;
             let info = probe.info(Instant::now() + attempt).await;
             r.topology = topology(config, probe.topology(), &info, &mut f);
+            if probe.dropped_nodes() > 0 {
+                let message = format!(
+                    "the cluster reports {} nodes more than the {} redis-probe follows",
+                    probe.dropped_nodes(),
+                    crate::probe::MAX_NODES
+                );
+                f.add(Code::TopologyTruncated, message);
+            }
             r.latency = latency(&mut probe, &first, opts.duration, attempt, &mut f).await;
             r.connections = connections(config, opts, &info, &r.reachability.nodes, &mut f).await;
             r.timeouts = timeouts(config, opts, &r.latency, &mut f);

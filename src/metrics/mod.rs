@@ -309,4 +309,19 @@ mod tests {
             "{s}"
         );
     }
+
+    #[test]
+    fn certificate_series_leave_with_their_node() {
+        let m = Metrics::new();
+        m.tls
+            .record_expiries(&[("10.0.0.1:6379".into(), 100), ("10.0.0.2:6379".into(), 200)]);
+        m.tls.record_expiries(&[("10.0.0.2:6379".into(), 300)]);
+        let mut s = String::new();
+        m.encode_openmetrics(&mut s);
+        assert!(!s.contains("node=\"10.0.0.1:6379\""), "{s}");
+        assert!(
+            s.contains("redis_tls_cert_expiry_timestamp_seconds{node=\"10.0.0.2:6379\"} 300"),
+            "{s}"
+        );
+    }
 }

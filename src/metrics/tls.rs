@@ -4,11 +4,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::NodeSeries;
 use super::labels::NodeLabel;
 
 #[derive(Default)]
 pub struct TlsMetrics {
     tls_cert_expiry_timestamp: Family<NodeLabel, Gauge>,
+    nodes: NodeSeries,
 }
 
 // === impl TlsMetrics ===
@@ -25,12 +27,17 @@ impl TlsMetrics {
         m
     }
 
-    /// The certificate `node` presented expires at Unix time `not_after`.
-    pub fn record_expiry(&self, node: &str, not_after: i64) {
-        self.tls_cert_expiry_timestamp
-            .get_or_create(&NodeLabel {
-                node: node.to_string(),
-            })
-            .set(not_after);
+    /// A round of the certificate watcher read these verified certificates: `(node, Unix
+    /// time it expires)`. Nodes not among them (gone, or not verifiable) lose their series.
+    pub fn record_expiries(&self, certs: &[(String, i64)]) {
+        self.nodes
+            .replace(certs.iter().map(|(n, _)| n.clone()), |l| {
+                self.tls_cert_expiry_timestamp.remove(l);
+            });
+        for (node, not_after) in certs {
+            self.tls_cert_expiry_timestamp
+                .get_or_create(&NodeLabel { node: node.clone() })
+                .set(*not_after);
+        }
     }
 }

@@ -45,6 +45,11 @@ pub use self::reason::Reason;
 pub use self::topology::{Role, Topology};
 use crate::config::{HostPort, PasswordSource, RedisConfig, Secret, TlsConfig, read_password_file};
 
+/// Most nodes a topology may have; the rest are dropped with a log line (and a `diagnose`
+/// finding). ElastiCache allows 500 shards of up to 6 nodes; 1,000 covers any real cluster
+/// this sidecar is meant for and keeps connections and series bounded.
+pub const MAX_NODES: usize = 1000;
+
 /// What one node did in one attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeReport {
@@ -151,6 +156,8 @@ pub struct RedisProbe {
     topology: Option<Topology>,
     /// Set when a server rejected `CLUSTER SHARDS` (Redis 6).
     use_cluster_slots: bool,
+    /// Nodes dropped from the last topology read ([`MAX_NODES`]).
+    dropped_nodes: usize,
     /// `CLUSTER INFO` as read with the last topology, for the next INFO read to publish
     /// (with the lines that did not parse): no second `CLUSTER INFO` is sent for it.
     cluster_info: Option<(info::ClusterInfo, u32)>,
@@ -193,6 +200,7 @@ impl RedisProbe {
             conns: HashMap::new(),
             topology: None,
             use_cluster_slots: false,
+            dropped_nodes: 0,
             cluster_info: None,
             rotation: rand::random::<u16>() as usize,
             dials: AtomicU32::new(0),
@@ -203,6 +211,11 @@ impl RedisProbe {
     /// The last topology seen.
     pub fn topology(&self) -> Option<&Topology> {
         self.topology.as_ref()
+    }
+
+    /// Nodes the last topology read dropped beyond [`MAX_NODES`].
+    pub fn dropped_nodes(&self) -> usize {
+        self.dropped_nodes
     }
 
     fn node_client(&self, addr: &HostPort) -> Result<(Client, AsyncConnectionConfig), RedisError> {
@@ -375,6 +388,16 @@ impl RedisProbe {
             reason: Reason::Other,
             detail: format!("{addr}: {e}"),
         })?;
+        let (t, dropped) = t.capped(MAX_NODES);
+        if dropped > 0 && self.dropped_nodes == 0 {
+            tracing::warn!(
+                node = %addr,
+                dropped,
+                kept = MAX_NODES,
+                "topology has more nodes than redis-probe follows; the rest are ignored"
+            );
+        }
+        self.dropped_nodes = dropped;
         let cluster_info = info::ClusterInfo::parse(&cluster_info);
         let failure = (cluster_info.0.state_ok == Some(false)).then(|| Fault {
             reason: Reason::ClusterDown,

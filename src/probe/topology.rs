@@ -78,6 +78,20 @@ impl Topology {
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.shards.iter().flat_map(|s| s.nodes.iter())
     }
+
+    /// Keeps at most `max` nodes (whole shards first, in order) and says how many were
+    /// dropped: a topology that is huge, or hostile, must not grow connections, memory or series
+    /// without bound.
+    pub fn capped(mut self, max: usize) -> (Topology, usize) {
+        let total = self.nodes().count();
+        let mut room = max;
+        for shard in &mut self.shards {
+            shard.nodes.truncate(room);
+            room -= shard.nodes.len();
+        }
+        self.shards.retain(|s| !s.nodes.is_empty());
+        (self, total.saturating_sub(max))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -446,5 +460,30 @@ mod tests {
         assert_eq!(t.shards.len(), 2);
         assert_eq!(t.shards[0].slots, 101 + 101);
         assert_eq!(t.shards[0].nodes.len(), 2);
+    }
+
+    #[test]
+    fn a_huge_topology_is_capped() {
+        let shard = |i: u16| Shard {
+            slots: 1,
+            primary: None,
+            nodes: (0..3)
+                .map(|j| Node {
+                    addr: HostPort {
+                        host: format!("10.0.{i}.{j}"),
+                        port: 6379,
+                    },
+                    role: Role::Replica,
+                })
+                .collect(),
+        };
+        let t = Topology {
+            shards: (0..10).map(shard).collect(),
+        };
+        let (capped, dropped) = t.clone().capped(7);
+        assert_eq!((capped.nodes().count(), dropped), (7, 23));
+        assert_eq!(capped.shards.len(), 3);
+        let (same, dropped) = t.clone().capped(1000);
+        assert_eq!((same, dropped), (t, 0));
     }
 }

@@ -11,24 +11,18 @@
 //!   Prometheus text format 0.0.4.
 //!
 //! `HEAD` works wherever `GET` does; other methods get 405, unknown paths 404. Handlers read the
-//! snapshot the health loop published and never wait on Redis. Connections are capped, headers
-//! must arrive within a timeout, and request heads are small.
+//! snapshot the health loop published and never wait on Redis. [`connections`] keeps probes
+//! answered whatever other clients do (eviction of the oldest, write and header timeouts).
 
-use std::convert::Infallible;
+mod connections;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::checks::SideCheck;
@@ -37,14 +31,10 @@ use crate::health::Rx;
 use crate::metrics::{self, Metrics};
 use crate::probe::NodeReport;
 
-/// Most connections served at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 256;
-/// Time a client has to send its request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub use self::connections::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE, serve};
+
 /// Longest request target accepted.
 pub const MAX_URI_LEN: usize = 2048;
-/// How long in-flight requests get to finish at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 /// What handlers read.
 pub struct AppState {
@@ -91,56 +81,6 @@ impl AppState {
 }
 
 type Body = Full<Bytes>;
-
-/// Serves until `shutdown` completes, then gives in-flight requests [`SHUTDOWN_GRACE`].
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(16 * 1024)
-        .keep_alive(true);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning on accept.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
-        let state = state.clone();
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &req)) }
-            }),
-        );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
-}
 
 /// Answers one request from published state.
 pub fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
