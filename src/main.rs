@@ -176,8 +176,8 @@ fn run_sidecar(config: &Config) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    runtime.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let code = runtime.block_on(async {
+        let listener = match redis_probe::server::bind(config.listen).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(listen = %config.listen, error = %e, "cannot listen");
@@ -208,7 +208,12 @@ fn run_sidecar(config: &Config) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A host-name lookup blocked in the resolver (a black-holed DNS server) holds a blocking
+    // thread that dropping the runtime would wait for: give it a second, not the kubelet's
+    // whole grace period.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 /// Builds a tokio runtime, or says why not.

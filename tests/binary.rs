@@ -309,3 +309,108 @@ async fn the_apps_settings_never_stop_the_sidecar() {
     }
     sidecar.stop().await;
 }
+
+/// The default listen address takes IPv4 and IPv6 (IPv6-only clusters probe the pod's IPv6
+/// address), and SIGTERM, the real signal, stops it: exit 0, and the port closed.
+#[tokio::test]
+async fn listens_on_ipv4_and_ipv6_and_stops_on_sigterm() {
+    let port = support::free_ports(1)[0];
+    let closed = support::free_ports(1)[0];
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("REDIS_ADDRESS", format!("127.0.0.1:{closed}"))
+        .env("PROBE_LISTEN", format!("[::]:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    support::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(v4).is_err() {
+        assert!(Instant::now() < deadline, "never listened on {v4}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for addr in [v4, v6] {
+        let (status, body) = support::http_get(addr, "/livez").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"), "{addr}");
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running 6 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(std::net::TcpStream::connect(v4).is_err(), "still listening");
+}
+
+/// SIGTERM while a host-name lookup hangs (a DNS server that never answers, in a network and
+/// mount namespace of the test's own): the process still exits within the kubelet's grace
+/// period instead of waiting for the resolver.
+#[tokio::test]
+async fn sigterm_exits_while_dns_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    // Answered by nobody: the only route out is a tun device no process reads, which drops
+    // everything.
+    std::fs::write(
+        &resolv,
+        "nameserver 10.99.0.53\noptions timeout:30 attempts:3\n",
+    )
+    .unwrap();
+    let script = format!(
+        "set -e; mount --bind {resolv} /etc/resolv.conf; ip link set lo up; \
+         ip tuntap add t0 mode tun; ip link set t0 up; ip addr add 10.99.0.1/24 dev t0; \
+         exec {BIN}",
+        resolv = resolv.display()
+    );
+    let mut cmd = Command::new(support::require("unshare"));
+    cmd.args(["--net", "--mount", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("REDIS_ADDRESS", "redis.hangs.example:6379")
+        .env("PROBE_JITTER", "0")
+        .env("PROBE_LISTEN", "127.0.0.1:8081")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    support::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    // The lookup is in flight once tokio has started a blocking thread for it (main, two
+    // workers, the resolver's thread).
+    let tasks = format!("/proc/{}/task", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&tasks).map(|d| d.count()).unwrap_or(0) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the lookup never started (is this root, with unshare and ip?)"
+        );
+        if let Some(s) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("exited early with {s:?}:\n{err}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(8),
+            "still running 8 s after SIGTERM with a DNS lookup hanging"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "{:?} to exit: past SHUTDOWN_GRACE",
+        sent.elapsed()
+    );
+}

@@ -68,7 +68,10 @@ fn probe_paths_and_ports_are_what_the_binary_serves() {
             .into_iter()
         {
             assert!(
-                listen.trim().ends_with(&format!(":{default_port}")),
+                listen
+                    .trim()
+                    .trim_matches('"')
+                    .ends_with(&format!(":{default_port}")),
                 "{file}: {listen}"
             );
         }

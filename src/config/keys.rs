@@ -183,8 +183,8 @@ keys! {
         "The app's setting. redis-probe calls no secret store: when true and no password is given, start-up logs a warning to mount the secret and set `REDIS_PASSWORD_FILE`.";
     AWS_SECRET_NAME: App<Text> = "redis.aws_secret_name", Unset,
         "The app's setting; validated, not used.";
-    PROBE_LISTEN: Listen = "server.listen", Value("0.0.0.0:8081"),
-        "HTTP listen address.";
+    PROBE_LISTEN: Listen = "server.listen", Value("[::]:8081"),
+        "HTTP listen address. `[::]` takes IPv4 and IPv6 (IPv6-only clusters probe the pod's IPv6 address); where the pod has no IPv6, `0.0.0.0` is used instead, with a log line.";
     PROBE_INTERVAL: Positive = "probe.interval", Value("5s"),
         "Time from the end of one check to the start of the next, ±jitter.";
     PROBE_JITTER: Unit = "probe.jitter", Value("0.2"),

@@ -489,7 +489,7 @@ mod tests {
         assert_eq!(c.probe.open_duration, Duration::from_secs(5));
         assert_eq!(c.probe.open_duration_max, Duration::from_secs(30));
         assert_eq!(c.probe.on_failure, OnFailure::Unready);
-        assert_eq!(c.listen, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(c.listen, "[::]:8081".parse().unwrap());
         assert_eq!(c.log.format, LogFormat::Json);
         assert!(c.redis.tls.is_none());
         assert_eq!(c.redis.password, PasswordSource::None);

@@ -80,6 +80,20 @@ impl Table {
     }
 }
 
+/// Binds `addr`. An unspecified IPv6 address (`[::]`, the default) takes IPv4 too (Linux's
+/// `bindv6only=0`, the default in pods); where the pod has no IPv6 at all, it falls back to
+/// `0.0.0.0` on the same port rather than not starting.
+pub async fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::warn!(listen = %addr, error = %e, fallback = %v4, "no IPv6 in this pod: listening on IPv4 only");
+            TcpListener::bind(v4).await
+        }
+        other => other,
+    }
+}
+
 /// Serves until `shutdown` completes, then gives in-flight requests [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,

@@ -31,7 +31,7 @@ use crate::health::Rx;
 use crate::metrics::{self, Metrics};
 use crate::probe::NodeReport;
 
-pub use self::connections::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE, serve};
+pub use self::connections::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE, bind, serve};
 
 /// Longest request target accepted.
 pub const MAX_URI_LEN: usize = 2048;
