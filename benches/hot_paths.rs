@@ -49,6 +49,7 @@ fn metrics_with(n: u16) -> Metrics {
         expected_shards: Some(3),
         pool: true,
         pool_ceiling: true,
+        client_cert: true,
     });
     m.health.record_check(Ok(()), 0.002, 0.0);
     m.nodes.record(&nodes(n));

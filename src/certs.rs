@@ -22,6 +22,12 @@ pub async fn watch(
     tls: TlsConfig,
     timeout: Duration,
 ) {
+    let record_client = || {
+        if let Some(not_after) = tls::client_cert_expiry(&tls) {
+            metrics.tls.record_client_expiry(not_after);
+        }
+    };
+    record_client();
     loop {
         let nodes: Vec<HostPort> = health
             .borrow()
@@ -47,5 +53,6 @@ pub async fn watch(
         }
         metrics.tls.record_expiries(&verified);
         tokio::time::sleep(CERT_CHECK_INTERVAL).await;
+        record_client();
     }
 }

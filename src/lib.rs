@@ -85,6 +85,11 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
         pool: pool_available,
         pool_ceiling: pool_available
             && (config.redis.app_pool.size.is_some() || config.observe.pool_max_conns.is_some()),
+        client_cert: config
+            .redis
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client.is_some()),
     }));
     metrics.set_config_warnings(config.warnings.iter().map(|w| w.kind));
     let (health_loop, health) = HealthLoop::new(

@@ -209,14 +209,20 @@ impl Settings {
 /// This pod's established connections to each of `nodes` (host names resolved), the
 /// sidecar's own excluded. `None` when `/proc/net/tcp` does not exist.
 pub async fn pod_connections(nodes: &[HostPort]) -> Option<(Vec<(String, u64)>, usize)> {
-    let own = own_socket_inodes(Path::new("/proc/self/fd"));
     let mut resolved: Vec<(String, Vec<SocketAddr>)> = Vec::with_capacity(nodes.len());
     for addr in nodes {
         let ips = crate::probe::resolve(addr).await.unwrap_or_default();
         resolved.push((addr.to_string(), ips));
     }
     let all: Vec<SocketAddr> = resolved.iter().flat_map(|(_, ips)| ips.clone()).collect();
-    let counts = count_in_namespace(Path::new("/proc/net"), &all, &own)?;
+    // Reading /proc makes the kernel walk every socket of the pod: blocking work, kept off the
+    // threads that answer probes.
+    let counts = tokio::task::spawn_blocking(move || {
+        let own = own_socket_inodes(Path::new("/proc/self/fd"));
+        count_in_namespace(Path::new("/proc/net"), &all, &own)
+    })
+    .await
+    .ok()??;
     let per_node = resolved
         .into_iter()
         .map(|(node, ips)| (node, counts.to_any(&ips)))

@@ -61,6 +61,7 @@ fn exported_names() -> BTreeSet<String> {
         expected_shards: Some(3),
         pool: true,
         pool_ceiling: true,
+        client_cert: true,
     });
     let node = HostPort {
         host: "10.0.0.1".into(),

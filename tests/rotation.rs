@@ -75,3 +75,50 @@ async fn rotated_token_is_read_again_after_auth_fails() {
     sidecar.stop().await;
     drop(cluster);
 }
+
+/// The mounted token changes while every connection still works (the kubelet swapped the
+/// Secret): the sidecar reconnects with the file's token at the next check, so a revoked or
+/// wrong token shows now (`auth`), not at the next connection drop, and the right one brings
+/// it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_token_file_is_taken_up_at_once() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let token_file = cluster.dir.path().join("auth-token");
+    std::fs::write(&token_file, format!("{}\n", cluster.password)).unwrap();
+    let mut env: Vec<(String, String)> = cluster
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "REDIS_PASSWORD")
+        .collect();
+    env.push((
+        "REDIS_PASSWORD_FILE".into(),
+        token_file.display().to_string(),
+    ));
+    let sidecar = Sidecar::start(config(&env)).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let revoked = "Revoked-Token-9";
+    std::fs::write(&token_file, format!("{revoked}\n")).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let body = sidecar.get("/readyz?verbose").await.1;
+        if body.starts_with("[-]redis failed: auth\n") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the changed token was never used:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&token_file, format!("{}\n", cluster.password)).unwrap();
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let all = sidecar.get("/readyz?verbose").await.1 + &sidecar.metrics().await;
+    assert!(!all.contains(revoked) && !all.contains(&cluster.password));
+    sidecar.stop().await;
+}

@@ -159,3 +159,72 @@ async fn wait_failure(sidecar: &Sidecar) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// cert-manager (or the kubelet, for a Secret volume) rotates the client certificate by
+/// swapping a `..data` symlink: the sidecar takes the new certificate and key up within a
+/// check, without a restart, and exports the client certificate's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_rotates_without_a_restart() {
+    let server = tokio::task::spawn_blocking(|| {
+        Cluster::start(Options {
+            names: CertNames::Loopback,
+            cluster: false,
+            mtls: true,
+            proxied: false,
+            cert_days: None,
+        })
+    })
+    .await
+    .unwrap();
+    // A mounted Secret: tls.crt and tls.key link through ..data to the current version.
+    let mount = tempfile::tempdir().unwrap();
+    let m = mount.path();
+    std::fs::create_dir_all(m.join("stranger")).unwrap();
+    let stranger = support::Pki::generate(&m.join("stranger"), CertNames::Loopback, "client");
+    let version = |name: &str, pki_cert: &std::path::Path, pki_key: &std::path::Path| {
+        let dir = m.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(pki_cert, dir.join("tls.crt")).unwrap();
+        std::fs::copy(pki_key, dir.join("tls.key")).unwrap();
+    };
+    version("v1", &stranger.cert, &stranger.key);
+    version("v2", &server.pki.cert, &server.pki.key);
+    let point_data_at = |name: &str| {
+        let tmp = m.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(name, &tmp).unwrap();
+        std::fs::rename(&tmp, m.join("..data")).unwrap();
+    };
+    point_data_at("v1");
+    for f in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), m.join(f)).unwrap();
+    }
+    let mut env = server.env();
+    env.push((
+        "REDIS_TLS_CERT_FILE".into(),
+        m.join("tls.crt").display().to_string(),
+    ));
+    env.push((
+        "REDIS_TLS_KEY_FILE".into(),
+        m.join("tls.key").display().to_string(),
+    ));
+    let sidecar = Sidecar::start(config(&env)).await;
+    let body = wait_failure(&sidecar).await;
+    assert!(
+        body.contains("[-]redis failed: tls\n"),
+        "a certificate of another CA: {body}"
+    );
+    point_data_at("v2");
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let m = sidecar.metrics().await;
+    let expiry = sample(&m, "redis_tls_client_cert_expiry_timestamp_seconds")
+        .unwrap_or_else(|| panic!("no client certificate expiry:\n{m}"));
+    assert!(expiry > now, "{expiry} is not in the future");
+    sidecar.stop().await;
+}

@@ -136,6 +136,16 @@ pub struct TlsConfig {
     pub client: Option<ClientCert>,
     /// Name verified in every node's certificate instead of the address it is reached by.
     pub server_name: Option<String>,
+    /// Where the PEM material came from, to read it again when it changes.
+    pub files: TlsFiles,
+}
+
+/// The files of [`TlsConfig`] (`None` for what is not configured).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// PEM bytes of a client certificate chain and its key.

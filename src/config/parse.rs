@@ -370,30 +370,43 @@ impl Parser for ReadableFile {
     }
 }
 
-/// A PEM file holding at least one certificate; its bytes.
+/// A PEM file read at start-up (and again when it changes): where it is, what it held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PemFile {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+/// A PEM file holding at least one certificate.
 pub struct CertFile;
 impl Parser for CertFile {
     type Raw = String;
-    type Out = Vec<u8>;
-    fn check(raw: String) -> Result<Vec<u8>, Invalid> {
+    type Out = PemFile;
+    fn check(raw: String) -> Result<PemFile, Invalid> {
         let pem = read_file(&raw)?;
         if !CertificateDer::pem_slice_iter(&pem).any(|c| c.is_ok()) {
             return Err("holds no PEM certificate".into());
         }
-        Ok(pem)
+        Ok(PemFile {
+            path: raw.into(),
+            pem,
+        })
     }
 }
 
-/// A PEM file holding a private key; its bytes.
+/// A PEM file holding a private key.
 pub struct KeyFile;
 impl Parser for KeyFile {
     type Raw = String;
-    type Out = Vec<u8>;
-    fn check(raw: String) -> Result<Vec<u8>, Invalid> {
+    type Out = PemFile;
+    fn check(raw: String) -> Result<PemFile, Invalid> {
         let pem = read_file(&raw)?;
         PrivateKeyDer::from_pem_slice(&pem)
             .map_err(|_| Invalid::from("holds no PEM private key"))?;
-        Ok(pem)
+        Ok(PemFile {
+            path: raw.into(),
+            pem,
+        })
     }
 }
 

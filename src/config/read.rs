@@ -7,7 +7,7 @@ use super::keys::*;
 use super::reader::Reader;
 use super::{
     AppPool, ChecksConfig, ClientCert, Config, LogConfig, ObserveConfig, PasswordSource,
-    ProbeConfig, RedisConfig, TlsConfig, WarningKind,
+    ProbeConfig, RedisConfig, TlsConfig, TlsFiles, WarningKind,
 };
 
 /// Reads every section; `None` when any key has a problem (the reader holds them all).
@@ -106,12 +106,21 @@ fn password(r: &mut Reader<'_>) -> Option<PasswordSource> {
 /// The TLS material; `None` when TLS is off (a warning when files are given anyway).
 fn tls(r: &mut Reader<'_>) -> Option<TlsConfig> {
     let enabled = r.get(REDIS_TLS_ENABLED);
-    let ca_pem = r.get(REDIS_TLS_CA_FILE);
+    let ca = r.get(REDIS_TLS_CA_FILE);
     let cert = r.get(REDIS_TLS_CERT_FILE);
     let key = r.get(REDIS_TLS_KEY_FILE);
     let server_name = r.get(REDIS_TLS_SERVER_NAME);
+    let files = TlsFiles {
+        ca: ca.as_ref().map(|f| f.path.clone()),
+        cert: cert.as_ref().map(|f| f.path.clone()),
+        key: key.as_ref().map(|f| f.path.clone()),
+    };
+    let ca_pem = ca.map(|f| f.pem);
     let client = match (cert, key) {
-        (Some(cert_pem), Some(key_pem)) => Some(ClientCert { cert_pem, key_pem }),
+        (Some(cert), Some(key)) => Some(ClientCert {
+            cert_pem: cert.pem,
+            key_pem: key.pem,
+        }),
         (Some(_), None) => {
             let (a, b) = (REDIS_TLS_CERT_FILE.env, REDIS_TLS_KEY_FILE.env);
             r.problems.push(format!("{a} is set without {b}"));
@@ -129,6 +138,7 @@ fn tls(r: &mut Reader<'_>) -> Option<TlsConfig> {
             ca_pem,
             client,
             server_name,
+            files,
         });
     }
     if ca_pem.is_some() || client.is_some() || server_name.is_some() {

@@ -59,6 +59,8 @@ pub struct Options {
     pub pool: bool,
     /// The pod's ceiling is known (`REDIS_POOL_SIZE` or `PROBE_POOL_MAX_CONNS`).
     pub pool_ceiling: bool,
+    /// A client certificate is configured (mutual TLS).
+    pub client_cert: bool,
 }
 
 /// What a `redis_probe_parse_errors` count is about.
@@ -110,7 +112,7 @@ impl Metrics {
         let nodes = NodeMetrics::register(&mut registry);
         let breaker = BreakerMetrics::register(&mut registry);
         let server_view = ServerViewMetrics::register(&mut registry, opts.expected_shards);
-        let tls = TlsMetrics::register(&mut registry);
+        let tls = TlsMetrics::register(&mut registry, opts.client_cert);
         let pool = PoolMetrics::register(&mut registry, opts.pool, opts.pool_ceiling);
         let checks = CheckMetrics::register(&mut registry);
         let m = Metrics {

@@ -10,21 +10,38 @@ use super::labels::NodeLabel;
 #[derive(Default)]
 pub struct TlsMetrics {
     tls_cert_expiry_timestamp: Family<NodeLabel, Gauge>,
+    tls_client_cert_expiry_timestamp: Gauge,
     nodes: NodeSeries,
 }
 
 // === impl TlsMetrics ===
 
 impl TlsMetrics {
-    pub fn register(root: &mut Registry) -> Self {
+    /// The client certificate's expiry is exported only when one is configured (a 0 would
+    /// read as long expired).
+    pub fn register(root: &mut Registry, client_cert: bool) -> Self {
         let m = TlsMetrics::default();
-        root.sub_registry_with_prefix("redis").register_with_unit(
+        let r = root.sub_registry_with_prefix("redis");
+        r.register_with_unit(
             "tls_cert_expiry_timestamp",
             "Unix time the node's TLS certificate expires (read every 6 hours)",
             Unit::Seconds,
             m.tls_cert_expiry_timestamp.clone(),
         );
+        if client_cert {
+            r.register_with_unit(
+                "tls_client_cert_expiry_timestamp",
+                "Unix time the client certificate (REDIS_TLS_CERT_FILE) expires, read from the file at start and every 6 hours",
+                Unit::Seconds,
+                m.tls_client_cert_expiry_timestamp.clone(),
+            );
+        }
         m
+    }
+
+    /// The client certificate, as its file holds it now, expires at Unix time `not_after`.
+    pub fn record_client_expiry(&self, not_after: i64) {
+        self.tls_client_cert_expiry_timestamp.set(not_after);
     }
 
     /// A round of the certificate watcher read these verified certificates: `(node, Unix

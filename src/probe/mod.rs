@@ -23,12 +23,14 @@
 //! connection so the next attempt authenticates with it.
 
 pub mod info;
+pub mod material;
 pub mod reason;
 pub mod tls;
 pub mod topology;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -40,9 +42,11 @@ use redis::{
 };
 use tokio::time::{Instant, timeout_at};
 
+use self::material::Watched;
 use self::reason::DnsError;
 pub use self::reason::Reason;
 pub use self::topology::{Role, Topology};
+use crate::config::parse::{CertFile, KeyFile, Parser};
 use crate::config::{HostPort, PasswordSource, RedisConfig, Secret, TlsConfig, read_password_file};
 
 /// Most nodes a topology may have; the rest are dropped with a log line (and a `diagnose`
@@ -136,6 +140,14 @@ pub struct InfoReport {
     pub cost: Cost,
 }
 
+/// Which TLS file a [`Watched`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsPart {
+    Ca,
+    Cert,
+    Key,
+}
+
 /// Connection settings shared by every node.
 struct Settings {
     cluster_mode: bool,
@@ -150,8 +162,12 @@ struct Settings {
 /// Probes a Redis Cluster (or one standalone server) over one connection per node.
 pub struct RedisProbe {
     settings: Settings,
-    /// The password in use; re-read from the file after an AUTH failure.
+    /// The password in use; re-read from the file when it changes and after an AUTH failure.
     password: Option<Secret>,
+    /// `REDIS_PASSWORD_FILE`, watched for changes.
+    password_file: Option<Watched>,
+    /// The TLS files (CA, client certificate, client key), watched for changes.
+    tls_files: Vec<(TlsPart, Watched)>,
     conns: HashMap<HostPort, MultiplexedConnection>,
     topology: Option<Topology>,
     /// Set when a server rejected `CLUSTER SHARDS` (Redis 6).
@@ -186,7 +202,25 @@ impl RedisProbe {
             PasswordSource::Inline(s) => Some(s.clone()),
             PasswordSource::File(p) => Some(read_password_file(p)?),
         };
+        let password_file = match &config.password {
+            PasswordSource::File(p) => Some(Watched::new(p)),
+            _ => None,
+        };
+        let tls_files = config
+            .tls
+            .iter()
+            .flat_map(|t| {
+                [
+                    (TlsPart::Ca, &t.files.ca),
+                    (TlsPart::Cert, &t.files.cert),
+                    (TlsPart::Key, &t.files.key),
+                ]
+            })
+            .filter_map(|(part, path)| Some((part, Watched::new(path.as_ref()?))))
+            .collect();
         Ok(RedisProbe {
+            password_file,
+            tls_files,
             settings: Settings {
                 cluster_mode: config.cluster_mode,
                 seeds: config.addresses.clone(),
@@ -449,6 +483,48 @@ impl RedisProbe {
         }
     }
 
+    /// Takes up a password file or TLS file that changed since the last check: the next
+    /// connections use the new material, and every connection is made again with it (so a
+    /// revoked token or a rotated client certificate is noticed now, while old connections
+    /// would still pass).
+    fn reload_changed_files(&mut self) {
+        if self.password_file.as_mut().is_some_and(Watched::changed) {
+            self.reload_password();
+        }
+        let changed: Vec<(TlsPart, PathBuf)> = self
+            .tls_files
+            .iter_mut()
+            .filter_map(|(part, w)| w.changed().then(|| (*part, w.path().to_path_buf())))
+            .collect();
+        let Some(tls) = self.settings.tls.as_mut() else {
+            return;
+        };
+        let mut reloaded = false;
+        for (part, path) in changed {
+            let text = path.to_string_lossy().into_owned();
+            let read = match part {
+                TlsPart::Key => KeyFile::check(text),
+                TlsPart::Ca | TlsPart::Cert => CertFile::check(text),
+            };
+            match (read, part, tls.client.as_mut()) {
+                (Ok(f), TlsPart::Ca, _) => tls.ca_pem = Some(f.pem),
+                (Ok(f), TlsPart::Cert, Some(c)) => c.cert_pem = f.pem,
+                (Ok(f), TlsPart::Key, Some(c)) => c.key_pem = f.pem,
+                (Ok(_), _, None) => continue,
+                // Half-written during a rotation: keep what works until the next change.
+                (Err(e), _, _) => {
+                    tracing::warn!(file = %path.display(), problem = %e.what, "TLS file changed but cannot be used; keeping the previous one");
+                    continue;
+                }
+            }
+            reloaded = true;
+            tracing::info!(file = %path.display(), "TLS file changed; reconnecting with it");
+        }
+        if reloaded {
+            self.conns.clear();
+        }
+    }
+
     /// Re-reads the password file; drops every connection when the token changed.
     fn reload_password(&mut self) {
         if let PasswordSource::File(path) = &self.settings.password
@@ -463,6 +539,7 @@ impl RedisProbe {
 
     /// Runs one attempt, bounded by `deadline`, and reports what it cost Redis.
     pub async fn check(&mut self, deadline: Instant) -> CheckReport {
+        self.reload_changed_files();
         self.dials.store(0, Ordering::Relaxed);
         self.commands.store(0, Ordering::Relaxed);
         let mut report = self.attempt(deadline).await;

@@ -54,6 +54,18 @@ pub struct CertInfo {
     pub verify_error: Option<String>,
 }
 
+/// When the client certificate (mutual TLS) expires, as Unix time: read from its file as it is
+/// now (it may have been rotated since start-up), else from the configuration.
+pub fn client_cert_expiry(tls: &TlsConfig) -> Option<i64> {
+    let pem = match &tls.files.cert {
+        Some(path) => std::fs::read(path).ok()?,
+        None => tls.client.as_ref()?.cert_pem.clone(),
+    };
+    let der = CertificateDer::pem_slice_iter(&pem).find_map(Result::ok)?;
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(x509.validity().not_after.timestamp())
+}
+
 /// Connects to `addr` and reads its certificate. `Err` when no handshake completed at all.
 pub async fn inspect(
     addr: &HostPort,

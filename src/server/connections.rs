@@ -3,9 +3,10 @@
 //! The kubelet opens a new connection for every probe and gives up after `timeoutSeconds`
 //! (1 s in the shipped manifests); one refused probe can take the pod out of the Service. So a
 //! new connection is never refused for being one too many:
-//! - at [`MAX_CONNECTIONS`], accepting one more asks the **oldest** connection to close (a
-//!   keep-alive client polling for minutes, not the probe that just arrived); an idle one
-//!   closes at once, a busy one after its response, and after [`CLOSE_GRACE`] at the latest;
+//! - at [`MAX_CONNECTIONS`], accepting one more asks the **oldest connection that has already
+//!   been answered** to close (a keep-alive client polling for minutes), never one still
+//!   waiting for its first answer (the probe that just arrived); an idle one closes at once, a
+//!   busy one after its response, and after [`CLOSE_GRACE`] at the latest;
 //! - only while [`MAX_CLOSING`] evicted connections are still closing are new ones refused,
 //!   which bounds file descriptors;
 //! - a write that makes no progress for [`WRITE_TIMEOUT`] (a client that pipelines requests
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -44,32 +46,47 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long in-flight requests get to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
+/// What the table holds of one open connection.
+#[derive(Clone, Default)]
+struct Entry {
+    /// Asks the connection to close.
+    evict: Arc<Notify>,
+    /// Set once the connection has been answered.
+    served: Arc<AtomicBool>,
+}
+
 /// The open connections, oldest first, and how many evicted ones are still closing.
 #[derive(Default)]
 struct Table {
     next_id: u64,
-    open: BTreeMap<u64, Arc<Notify>>,
+    open: BTreeMap<u64, Entry>,
     closing: usize,
 }
 
 impl Table {
-    /// Admits a new connection, evicting the oldest when full; `None` when too many are still
-    /// closing.
-    fn admit(&mut self) -> Option<(u64, Arc<Notify>)> {
+    /// Admits a new connection, evicting the oldest answered one when full (the oldest of all
+    /// when none has been answered yet); `None` when too many are still closing.
+    fn admit(&mut self) -> Option<(u64, Entry)> {
         if self.open.len() >= MAX_CONNECTIONS {
             if self.closing >= MAX_CLOSING {
                 return None;
             }
-            if let Some((_, oldest)) = self.open.pop_first() {
-                oldest.notify_one();
+            let victim = self
+                .open
+                .iter()
+                .find(|(_, e)| e.served.load(Ordering::Relaxed))
+                .or_else(|| self.open.iter().next())
+                .map(|(id, _)| *id);
+            if let Some(e) = victim.and_then(|id| self.open.remove(&id)) {
+                e.evict.notify_one();
                 self.closing += 1;
             }
         }
         let id = self.next_id;
         self.next_id += 1;
-        let evict = Arc::new(Notify::new());
-        self.open.insert(id, evict.clone());
-        Some((id, evict))
+        let entry = Entry::default();
+        self.open.insert(id, entry.clone());
+        Some((id, entry))
     }
 
     /// Connection `id` ended, whether it was evicted or not.
@@ -124,12 +141,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         while tasks.try_join_next().is_some() {}
-        let Some((id, evict)) = lock(&table).admit() else {
+        let Some((id, entry)) = lock(&table).admit() else {
             continue;
         };
         let conn = Connection {
             id,
-            evict,
+            entry,
             table: table.clone(),
             stopping: stopping.clone(),
         };
@@ -150,7 +167,7 @@ fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 /// One accepted connection and what can end it early.
 struct Connection {
     id: u64,
-    evict: Arc<Notify>,
+    entry: Entry,
     table: Arc<Mutex<Table>>,
     stopping: watch::Receiver<bool>,
 }
@@ -158,15 +175,17 @@ struct Connection {
 impl Connection {
     async fn serve(mut self, stream: TcpStream, builder: http1::Builder, state: Arc<AppState>) {
         let io = TokioIo::new(WriteDeadline::new(stream, WRITE_TIMEOUT));
+        let served = self.entry.served.clone();
         let service = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, &req)) }
+            let rsp = handle(&state, &req);
+            served.store(true, Ordering::Relaxed);
+            async move { Ok::<_, Infallible>(rsp) }
         });
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
         let close_early = tokio::select! {
             _ = conn.as_mut() => false,
-            () = self.evict.notified() => true,
+            () = self.entry.evict.notified() => true,
             _ = self.stopping.wait_for(|stop| *stop) => true,
         };
         if close_early {
@@ -268,12 +287,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_table_evicts_the_oldest_and_refuses_only_when_too_many_close() {
+    fn a_full_table_evicts_the_oldest_answered_and_refuses_only_when_too_many_close() {
         let mut t = Table::default();
         let first: Vec<_> = (0..MAX_CONNECTIONS).map(|_| t.admit().unwrap()).collect();
+        first[5].1.served.store(true, Ordering::Relaxed);
+        first[9].1.served.store(true, Ordering::Relaxed);
+        t.admit().unwrap();
+        assert!(
+            !t.open.contains_key(&5),
+            "the oldest answered one was evicted"
+        );
+        assert!(t.open.contains_key(&0), "one never answered stays");
+        t.leave(5);
+        t.admit().unwrap();
+        assert!(!t.open.contains_key(&9));
+        t.leave(9);
         let (id, _) = t.admit().unwrap();
-        assert_eq!(id, MAX_CONNECTIONS as u64);
-        assert!(!t.open.contains_key(&0), "the oldest was evicted");
+        assert_eq!(id, MAX_CONNECTIONS as u64 + 2);
+        assert!(!t.open.contains_key(&0), "with none answered, the oldest");
         assert_eq!(t.closing, 1);
         t.leave(0);
         assert_eq!(

@@ -15,6 +15,7 @@
 //! answered whatever other clients do (eviction of the oldest, write and header timeouts).
 
 mod connections;
+mod scrape;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,7 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     on_failure: OnFailure,
     draining: AtomicBool,
+    scrapes: scrape::ScrapeCache,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
             metrics,
             on_failure,
             draining: AtomicBool::new(false),
+            scrapes: scrape::ScrapeCache::default(),
         })
     }
 
@@ -125,8 +128,7 @@ pub fn route(
             let ready = ready_checks(state, now)
                 .iter()
                 .all(|c| !matches!(c.status, Status::Failed(_)));
-            state.metrics.set_ready(ready);
-            metrics_rsp(state, accept)
+            metrics_rsp(state, accept, ready, now)
         }
         "/livez" => checks_rsp("livez", &live_checks(state, now), &q, None),
         "/readyz" => checks_rsp("readyz", &ready_checks(state, now), &q, None),
@@ -327,19 +329,22 @@ fn checks_rsp(kind: &str, checks: &[Check], q: &Query<'_>, only: Option<&str>) -
     text(StatusCode::OK, if degraded { "degraded\n" } else { "ok\n" })
 }
 
-fn metrics_rsp(state: &AppState, accept: Option<&HeaderValue>) -> Response<Body> {
+fn metrics_rsp(
+    state: &AppState,
+    accept: Option<&HeaderValue>,
+    ready: bool,
+    now: Instant,
+) -> Response<Body> {
     let openmetrics = accept
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
-    let mut body = String::with_capacity(8 * 1024);
+    let body = state.scrapes.body(&state.metrics, openmetrics, ready, now);
     let content_type = if openmetrics {
-        state.metrics.encode_openmetrics(&mut body);
         metrics::OPENMETRICS_CONTENT_TYPE
     } else {
-        state.metrics.encode_prometheus(&mut body);
         metrics::PROMETHEUS_CONTENT_TYPE
     };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Full::new(body));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
