@@ -6,11 +6,8 @@ use std::time::Duration;
 
 use support::{Cluster, Options, Sidecar, config};
 
-/// The cluster's token changes (`requirepass` and `masterauth` on every node) and connections
-/// drop; the file still holds the old token, so AUTH fails. Then the mounted secret is updated:
-/// the next AUTH failure re-reads the file and the sidecar recovers on its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotated_token_is_read_again_after_auth_fails() {
+/// A cluster, its token in a file, and a ready sidecar reading `REDIS_PASSWORD_FILE`.
+async fn ready_with_token_file() -> (Cluster, std::path::PathBuf, Sidecar) {
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
@@ -29,6 +26,15 @@ async fn rotated_token_is_read_again_after_auth_fails() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
+    (cluster, token_file, sidecar)
+}
+
+/// The cluster's token changes (`requirepass` and `masterauth` on every node) and connections
+/// drop; the file still holds the old token, so AUTH fails. Then the mounted secret is updated:
+/// the next AUTH failure re-reads the file and the sidecar recovers on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_token_is_read_again_after_auth_fails() {
+    let (cluster, token_file, sidecar) = ready_with_token_file().await;
 
     let new = "r0tated-Token-2";
     let cluster = tokio::task::spawn_blocking(move || {
@@ -82,24 +88,7 @@ async fn rotated_token_is_read_again_after_auth_fails() {
 /// it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_token_file_is_taken_up_at_once() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
-    let token_file = cluster.dir.path().join("auth-token");
-    std::fs::write(&token_file, format!("{}\n", cluster.password)).unwrap();
-    let mut env: Vec<(String, String)> = cluster
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "REDIS_PASSWORD")
-        .collect();
-    env.push((
-        "REDIS_PASSWORD_FILE".into(),
-        token_file.display().to_string(),
-    ));
-    let sidecar = Sidecar::start(config(&env)).await;
-    sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
+    let (cluster, token_file, sidecar) = ready_with_token_file().await;
     let revoked = "Revoked-Token-9";
     std::fs::write(&token_file, format!("{revoked}\n")).unwrap();
     let start = std::time::Instant::now();

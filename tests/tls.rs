@@ -112,11 +112,9 @@ async fn nothing_listening_is_connection_refused() {
     sidecar.stop().await;
 }
 
-/// Nodes that require a client certificate: without `REDIS_TLS_CERT_FILE` the handshake fails
-/// (`tls`), with it the server is ready.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutual_tls() {
-    let server = tokio::task::spawn_blocking(|| {
+/// A standalone TLS server that requires a client certificate signed by its CA.
+async fn mtls_server() -> Cluster {
+    tokio::task::spawn_blocking(|| {
         Cluster::start(Options {
             names: CertNames::Loopback,
             cluster: false,
@@ -126,7 +124,14 @@ async fn mutual_tls() {
         })
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Nodes that require a client certificate: without `REDIS_TLS_CERT_FILE` the handshake fails
+/// (`tls`), with it the server is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls() {
+    let server = mtls_server().await;
     let anonymous = Sidecar::start(config(&server.env())).await;
     let body = wait_failure(&anonymous).await;
     assert!(body.contains("[-]redis failed: tls\n"), "{body}");
@@ -165,17 +170,7 @@ async fn wait_failure(sidecar: &Sidecar) -> String {
 /// check, without a restart, and exports the client certificate's expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_rotates_without_a_restart() {
-    let server = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            names: CertNames::Loopback,
-            cluster: false,
-            mtls: true,
-            proxied: false,
-            cert_days: None,
-        })
-    })
-    .await
-    .unwrap();
+    let server = mtls_server().await;
     // A mounted Secret: tls.crt and tls.key link through ..data to the current version.
     let mount = tempfile::tempdir().unwrap();
     let m = mount.path();

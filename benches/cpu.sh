@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# CPU per request, and probes under a 100m CPU limit, against one local TLS + AUTH cluster:
+# 1. /readyz of the release binary beside a hyper 1 hello-world built at opt-level 3 (its
+#    own target dir), wrk -t1 -c8, alternating, median of $RUNS runs of $DUR;
+# 2. the binary in a cgroup limited to 10 % of a core (v1 cpu.cfs_quota_us, or v2 cpu.max),
+#    probed as the kubelet does (a new connection, Connection: close, 1 s timeout) 10 times a
+#    second: idle, then while wrk hammers /metrics. Prints p50, p99, max and failures.
+#
+#   sudo benches/cpu.sh        # root: it makes and removes a cgroup
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${DUR:-10s}
+RUNS=${RUNS:-3}
+PROBES=${PROBES:-300}
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+command -v curl >/dev/null || { echo "curl is needed: apt-get install curl" >&2; exit 1; }
+# SKIP_BUILD=1 uses the binaries already built.
+if [ -z "${SKIP_BUILD:-}" ]; then
+  scripts/install-deps
+  cargo build -q --release --bin redis-probe --example local_cluster
+  CARGO_TARGET_DIR=${O3_TARGET:-target/o3} CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+    cargo build -q --release --example hello_hyper
+fi
+hello_bin=${O3_TARGET:-target/o3}/release/examples/hello_hyper
+
+work=$(mktemp -d)
+pids=()
+cg=""
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "$cg" ] && [ -d "$cg" ]; then
+    # Move anything left back to the root group before removing ours.
+    while read -r p; do echo "$p" > "$(dirname "$cg")/cgroup.procs" 2>/dev/null || true; done < "$cg/cgroup.procs" 2>/dev/null
+    rmdir "$cg" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+target/release/examples/local_cluster --cluster-only > "$work/cluster.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 120); do grep -q "Cluster only" "$work/cluster.log" 2>/dev/null && break; sleep 0.5; done
+envf=$(grep -o '/tmp/[^ ]*redis-probe.env' "$work/cluster.log" | head -1)
+
+median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+rps() { wrk -t1 -c8 -d"$DUR" "$1" | awk '/Requests\/sec/{print $2}'; }
+
+# 1. Throughput per core against the hello-world.
+env -i $(cat "$envf") PROBE_LISTEN=127.0.0.1:18081 PROBE_LOG_LEVEL=warn target/release/redis-probe > "$work/probe.log" 2>&1 &
+probe=$!; pids+=($probe)
+"$hello_bin" 127.0.0.1:18090 > /dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do curl -sf -o /dev/null localhost:18081/readyz && break; sleep 0.2; done
+h=(); r=()
+for _ in $(seq 1 "$RUNS"); do
+  h+=("$(rps http://127.0.0.1:18090/)")
+  r+=("$(rps http://127.0.0.1:18081/readyz)")
+done
+hm=$(printf '%s\n' "${h[@]}" | median); rm_=$(printf '%s\n' "${r[@]}" | median)
+echo "machine: $(nproc) cores; release binary $(stat -c %s target/release/redis-probe) bytes"
+printf '\n| wrk -t1 -c8, median of %s x %s | req/s | vs hello-world |\n|---|---|---|\n' "$RUNS" "$DUR"
+printf '| hyper hello-world, opt-level 3 | %s | 1.00 |\n' "$hm"
+printf '| redis-probe /readyz, release profile | %s | %.2f |\n' "$rm_" "$(awk -v a="$rm_" -v b="$hm" 'BEGIN{print a/b}')"
+
+# 2. The same binary under a 100m limit.
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  cg=/sys/fs/cgroup/redis-probe-bench-$$; mkdir "$cg"; echo "10000 100000" > "$cg/cpu.max"
+else
+  cg=/sys/fs/cgroup/cpu/redis-probe-bench-$$; mkdir "$cg"
+  echo 100000 > "$cg/cpu.cfs_period_us"; echo 10000 > "$cg/cpu.cfs_quota_us"
+fi
+echo "$probe" > "$cg/cgroup.procs"
+sleep 2
+# Times of $PROBES kubelet-style probes, 10 a second: "ms" lines, or "fail".
+probes() {
+  for _ in $(seq 1 "$PROBES"); do
+    out=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' -H 'Connection: close' -H 'User-Agent: kube-probe/1.33' --max-time 1 "http://127.0.0.1:18081$1" || true)
+    case "$out" in
+      "200 "*) awk -v t="${out#200 }" 'BEGIN{printf "%.2f\n", t*1000}' ;;
+      *) echo fail ;;
+    esac
+    sleep 0.1
+  done
+}
+summary() {
+  local f=$1 fails ok
+  fails=$(grep -c fail "$f" || true); grep -v fail "$f" | sort -n > "$f.ok"; ok=$(wc -l < "$f.ok")
+  at() { sed -n "$(awk -v n="$ok" -v q="$1" 'BEGIN{i=int(n*q); if (i<1) i=1; print i}')p" "$f.ok"; }
+  echo "$((ok + fails)) | $fails | $(at 0.5) | $(at 0.99) | $(tail -1 "$f.ok")"
+}
+probes /readyz > "$work/idle"
+wrk -t2 -c8 -d$((PROBES / 10 + 5))s http://127.0.0.1:18081/metrics > "$work/wrk.out" &
+wrkpid=$!; pids+=($wrkpid)
+sleep 1
+probes /readyz > "$work/hammered"
+wait "$wrkpid" || true
+scrapes=$(awk '/Requests\/sec/{print $2}' "$work/wrk.out")
+printf '\n| 100m CPU limit, /readyz probes (new connection, 1 s timeout) | probes | failed | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n'
+printf '| idle | %s |\n' "$(summary "$work/idle")"
+printf '| wrk -t2 -c8 on /metrics (%s scrapes/s served) | %s |\n' "$scrapes" "$(summary "$work/hammered")"
