@@ -22,6 +22,8 @@ pub struct HealthMetrics {
     connection_attempts: Counter,
     commands: Counter,
     connections: Gauge,
+    /// Bumped by every record: a scrape body encoded before a change is not served after it.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 // === impl HealthMetrics ===
@@ -39,6 +41,7 @@ impl HealthMetrics {
             connection_attempts: Counter::default(),
             commands: Counter::default(),
             connections: Gauge::default(),
+            changes: Default::default(),
         };
         for reason in Reason::ALL {
             let reason = reason.as_str();
@@ -124,14 +127,26 @@ impl HealthMetrics {
         }
     }
 
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times the health loop has recorded something.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Connections opened and commands sent, by a check or by an INFO read.
     pub fn record_cost(&self, cost: Cost) {
+        self.changed();
         self.connection_attempts.inc_by(u64::from(cost.dials));
         self.commands.inc_by(u64::from(cost.commands));
     }
 
     /// A whole check (all its attempts) ended at `unix_now` after `seconds`.
     pub fn record_check(&self, result: Result<(), Reason>, seconds: f64, unix_now: f64) {
+        self.changed();
         self.health_checks.inc();
         self.health_check_duration.observe(seconds);
         self.last_check_timestamp.set(unix_now);

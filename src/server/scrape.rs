@@ -1,5 +1,5 @@
 //! The encoded `/metrics` body, reused for [`SCRAPE_REUSE`] while `/readyz`'s answer is the
-//! same. Prometheus scrapes every 15-60 s, so nobody can tell; a client hammering `/metrics`,
+//! same and the health loop has recorded nothing new. Prometheus scrapes every 15-60 s, so nobody can tell; a client hammering `/metrics`,
 //! or pipelining hundreds of scrapes, costs a copy of a reference instead of an encoding each,
 //! and leaves the CPU (100m in the shipped manifests) to the kubelet's probes.
 
@@ -23,6 +23,7 @@ pub(super) struct ScrapeCache {
 struct Encoded {
     at: Instant,
     ready: bool,
+    changes: u64,
     body: Bytes,
 }
 
@@ -34,8 +35,10 @@ impl ScrapeCache {
         // instead of each making its own.
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = &mut slots[usize::from(openmetrics)];
+        let changes = metrics.health.changes();
         if let Some(e) = slot
             && e.ready == ready
+            && e.changes == changes
             && now.saturating_duration_since(e.at) < SCRAPE_REUSE
         {
             return e.body.clone();
@@ -51,6 +54,7 @@ impl ScrapeCache {
         *slot = Some(Encoded {
             at: now,
             ready,
+            changes,
             body: body.clone(),
         });
         body
@@ -67,13 +71,16 @@ mod tests {
         let cache = ScrapeCache::default();
         let t0 = Instant::now();
         let first = cache.body(&m, false, true, t0);
-        m.health.record_check(Ok(()), 0.01, 0.0);
         let again = cache.body(&m, false, true, t0 + Duration::from_millis(50));
         assert_eq!(first.as_ptr(), again.as_ptr(), "the same encoding");
+        m.health.record_check(Ok(()), 0.01, 0.0);
+        let recorded = cache.body(&m, false, true, t0 + Duration::from_millis(55));
+        assert!(String::from_utf8_lossy(&recorded).contains("redis_health_checks_total 1"));
         let flipped = cache.body(&m, false, false, t0 + Duration::from_millis(60));
         assert!(String::from_utf8_lossy(&flipped).contains("redis_probe_ready 0"));
+        m.tls.record_expiries(&[("n:1".into(), 5)]);
         let later = cache.body(&m, false, false, t0 + Duration::from_millis(200));
-        assert!(String::from_utf8_lossy(&later).contains("redis_health_checks_total 1"));
+        assert!(String::from_utf8_lossy(&later).contains("node=\"n:1\""));
         let other_format = cache.body(&m, true, false, t0 + Duration::from_millis(200));
         assert!(String::from_utf8_lossy(&other_format).ends_with("# EOF\n"));
     }

@@ -44,12 +44,35 @@ pub fn require(bin: &str) -> PathBuf {
     }
 }
 
-/// Free loopback ports, never the same one twice in this process.
+/// Free loopback ports, never the same one twice in this process, and below the kernel's
+/// ephemeral range: a port the OS hands out as :0 can be taken by any outgoing connection
+/// between the test's pick and the server's bind (seen: a node failing with "Address already in
+/// use" while other tests made connections).
 pub fn free_ports(n: usize) -> Vec<u16> {
     static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut used = USED.lock().unwrap();
     let used = used.get_or_insert_with(HashSet::new);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let pid = std::process::id();
     let mut out = vec![];
+    // Ports [10000, low); the cluster bus ports are picked here too (`cluster-port`).
+    let span = low.saturating_sub(10000);
+    let mut next = pid.wrapping_mul(7919) % span.max(1);
+    for _ in 0..span {
+        if out.len() == n {
+            return out;
+        }
+        next = (next + 1) % span.max(1);
+        let p = (10000 + next) as u16;
+        if !used.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            used.insert(p);
+            out.push(p);
+        }
+    }
+    // No room below the ephemeral range: let the kernel choose.
     while out.len() < n {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
