@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::NodeSeries;
-use super::labels::NodeLabel;
+use super::labels::{NodeLabel, ReasonLabel};
 use crate::probe::InfoReport;
 use crate::probe::info::ClusterInfo;
 
@@ -27,6 +27,7 @@ pub struct ServerViewMetrics {
     cluster_known_nodes: Gauge,
     cluster_size: Gauge,
     cluster_expected_shards: Gauge,
+    info_failures: Family<ReasonLabel, Counter>,
     nodes: NodeSeries,
 }
 
@@ -58,6 +59,12 @@ impl ServerViewMetrics {
             m.connections_received.clone(),
         );
         m.register_cluster(r);
+        root.sub_registry_with_prefix("redis_probe").register(
+            "info_failures",
+            "Nodes whose INFO read failed, by reason (permission: the ACL user lacks INFO)",
+            m.info_failures.clone(),
+        );
+        let r = root.sub_registry_with_prefix("redis");
         if let Some(n) = expected_shards {
             m.cluster_expected_shards.set(i64::from(n));
             r.register(
@@ -142,6 +149,12 @@ impl ServerViewMetrics {
                 let c = self.connections_received.get_or_create(&node);
                 c.inner().store(v, Ordering::Relaxed);
             }
+        }
+        for (_, reason) in &report.failures {
+            let label = ReasonLabel {
+                reason: reason.as_str(),
+            };
+            self.info_failures.get_or_create(&label).inc();
         }
         if let Some(c) = &report.cluster {
             self.record_cluster(c);

@@ -22,13 +22,15 @@
 //! With `REDIS_PASSWORD_FILE`, an AUTH failure re-reads the file; a changed token drops every
 //! connection so the next attempt authenticates with it.
 
+mod dial;
 pub mod info;
 pub mod material;
 pub mod reason;
 pub mod tls;
 pub mod topology;
+mod view;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,14 +38,11 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
-    RedisError, Value,
-};
+use redis::{RedisConnectionInfo, RedisError, Value};
 use tokio::time::{Instant, timeout_at};
 
+use self::dial::Dialer;
 use self::material::Watched;
-use self::reason::DnsError;
 pub use self::reason::Reason;
 pub use self::topology::{Role, Topology};
 use crate::config::parse::{CertFile, KeyFile, Parser};
@@ -137,6 +136,8 @@ pub struct InfoReport {
     pub shards: usize,
     /// Lines of INFO-style replies that did not parse.
     pub parse_errors: u32,
+    /// Nodes whose INFO failed, and why.
+    pub failures: Vec<(HostPort, Reason)>,
     pub cost: Cost,
 }
 
@@ -159,9 +160,17 @@ struct Settings {
     read_timeout: Duration,
 }
 
+impl Settings {
+    fn dialer(&self) -> Result<Dialer, String> {
+        Dialer::new(self.tls.as_ref(), self.dial_timeout, self.read_timeout)
+    }
+}
+
 /// Probes a Redis Cluster (or one standalone server) over one connection per node.
 pub struct RedisProbe {
     settings: Settings,
+    /// Opens connections with the TLS configuration built from `settings`.
+    dialer: Dialer,
     /// The password in use; re-read from the file when it changes and after an AUTH failure.
     password: Option<Secret>,
     /// `REDIS_PASSWORD_FILE`, watched for changes.
@@ -170,8 +179,12 @@ pub struct RedisProbe {
     tls_files: Vec<(TlsPart, Watched)>,
     conns: HashMap<HostPort, MultiplexedConnection>,
     topology: Option<Topology>,
-    /// Set when a server rejected `CLUSTER SHARDS` (Redis 6).
+    /// Set when a server rejected `CLUSTER SHARDS` (Redis 6, or an ACL without it).
     use_cluster_slots: bool,
+    /// How INFO is asked for: both sections at once until a server refuses that.
+    info_form: view::InfoForm,
+    /// Commands the server refused, each logged once.
+    refused: HashSet<&'static str>,
     /// Nodes dropped from the last topology read ([`MAX_NODES`]).
     dropped_nodes: usize,
     /// `CLUSTER INFO` as read with the last topology, for the next INFO read to publish
@@ -218,22 +231,27 @@ impl RedisProbe {
             })
             .filter_map(|(part, path)| Some((part, Watched::new(path.as_ref()?))))
             .collect();
+        let settings = Settings {
+            cluster_mode: config.cluster_mode,
+            seeds: config.addresses.clone(),
+            username: config.username.clone(),
+            password: config.password.clone(),
+            tls: config.tls.clone(),
+            dial_timeout: config.dial_timeout,
+            read_timeout: config.read_timeout,
+        };
+        let dialer = settings.dialer().map_err(std::io::Error::other)?;
         Ok(RedisProbe {
             password_file,
             tls_files,
-            settings: Settings {
-                cluster_mode: config.cluster_mode,
-                seeds: config.addresses.clone(),
-                username: config.username.clone(),
-                password: config.password.clone(),
-                tls: config.tls.clone(),
-                dial_timeout: config.dial_timeout,
-                read_timeout: config.read_timeout,
-            },
+            dialer,
+            settings,
             password,
             conns: HashMap::new(),
             topology: None,
             use_cluster_slots: false,
+            info_form: view::InfoForm::Combined,
+            refused: HashSet::new(),
             dropped_nodes: 0,
             cluster_info: None,
             rotation: rand::random::<u16>() as usize,
@@ -252,47 +270,18 @@ impl RedisProbe {
         self.dropped_nodes
     }
 
-    fn node_client(&self, addr: &HostPort) -> Result<(Client, AsyncConnectionConfig), RedisError> {
-        let s = &self.settings;
-        let conn_addr = match &s.tls {
-            // The TLS name to verify: the configured server name (nodes announced by IP,
-            // certificate naming a host, as on ElastiCache), else the address itself. The
-            // resolver below still connects to the node's own address.
-            Some(tls) => ConnectionAddr::TcpTls {
-                host: tls.server_name.clone().unwrap_or_else(|| addr.host.clone()),
-                port: addr.port,
-                insecure: false,
-                tls_params: None,
-            },
-            None => ConnectionAddr::Tcp(addr.host.clone(), addr.port),
-        };
+    /// The set-up redis-rs sends on a new connection: the user, the password in use, the
+    /// library name.
+    fn login(&self) -> RedisConnectionInfo {
         let mut redis =
             RedisConnectionInfo::default().set_lib_name("redis-probe", env!("CARGO_PKG_VERSION"));
-        if let Some(u) = &s.username {
+        if let Some(u) = &self.settings.username {
             redis = redis.set_username(u);
         }
         if let Some(p) = &self.password {
             redis = redis.set_password(p.expose());
         }
-        let info = conn_addr.into_connection_info()?.set_redis_settings(redis);
-        let client = match &s.tls {
-            Some(tls) if tls.ca_pem.is_some() || tls.client.is_some() => Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: tls.client.as_ref().map(|c| redis::ClientTlsConfig {
-                        client_cert: c.cert_pem.clone(),
-                        client_key: c.key_pem.clone(),
-                    }),
-                    root_cert: tls.ca_pem.clone(),
-                },
-            )?,
-            _ => Client::open(info)?,
-        };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(s.dial_timeout))
-            .set_response_timeout(Some(s.read_timeout))
-            .set_dns_resolver(NodeResolver(addr.clone()));
-        Ok((client, config))
+        redis
     }
 
     /// The node's connection, made if needed; bounded by `deadline`.
@@ -304,16 +293,9 @@ impl RedisProbe {
         if let Some(c) = self.conns.get(addr) {
             return Ok(c.clone());
         }
-        let (client, config) = self.node_client(addr).map_err(Fault::redis)?;
         self.dials.fetch_add(1, Ordering::Relaxed);
-        match timeout_at(
-            deadline,
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(Fault::redis(e)),
+        match timeout_at(deadline, self.dialer.dial(addr, &self.login())).await {
+            Ok(r) => r,
             Err(_) => Err(Fault::timeout()),
         }
     }
@@ -369,6 +351,12 @@ impl RedisProbe {
                 Err(f) => last = f,
             }
         }
+        // The user may PING but not read the topology: check the seed alone rather than fail
+        // a cluster that answers (the log line says what the ACL lacks).
+        if last.reason == Reason::Permission && self.topology.is_none() {
+            let seed = Topology::standalone(self.settings.seeds[0].clone());
+            return (Some(seed), Some(last));
+        }
         (None, Some(last))
     }
 
@@ -389,18 +377,21 @@ impl RedisProbe {
         let reply = timeout_at(
             deadline,
             redis::pipe()
+                .ignore_errors()
                 .cmd("CLUSTER")
                 .arg(shards_cmd)
                 .cmd("CLUSTER")
                 .arg("INFO")
-                .query_async::<(Value, String)>(&mut conn),
+                .query_async::<Vec<redis::RedisResult<Value>>>(&mut conn),
         )
         .await;
-        let (shards, cluster_info) = match reply {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) if !self.use_cluster_slots && is_unknown_subcommand(&e) => {
-                self.use_cluster_slots = true;
-                return Ok(Box::pin(self.discover(vec![addr.clone()], deadline)).await);
+        let mut replies = match reply {
+            Ok(Ok(r)) if r.len() == 2 => r.into_iter(),
+            Ok(Ok(_)) => {
+                return Err(Fault {
+                    reason: Reason::Other,
+                    detail: format!("{addr}: CLUSTER replies do not match the pipeline"),
+                });
             }
             Ok(Err(e)) => {
                 let f = Fault::redis(e);
@@ -413,6 +404,36 @@ impl RedisProbe {
             }
         };
         self.conns.insert(addr.clone(), conn);
+        let (shards, cluster_info) = (replies.next(), replies.next());
+        let shards = match shards {
+            Some(Ok(v)) => v,
+            Some(Err(e)) if !self.use_cluster_slots && shards_refused(&e) => {
+                if Reason::of(&e) == Reason::Permission {
+                    self.refused("CLUSTER SHARDS", "reading the topology with CLUSTER SLOTS");
+                }
+                self.use_cluster_slots = true;
+                return Ok(Box::pin(self.discover(vec![addr.clone()], deadline)).await);
+            }
+            Some(Err(e)) => {
+                let f = Fault::redis(e);
+                match f.reason {
+                    Reason::Permission => self.refused(
+                        "CLUSTER SLOTS",
+                        "the topology is not followed; only the seed address is checked",
+                    ),
+                    Reason::ClusterModeDisabled => self.refused(
+                        "CLUSTER",
+                        "the server has cluster mode disabled; set REDIS_CLUSTER_MODE=false",
+                    ),
+                    _ => {}
+                }
+                return Err(Fault {
+                    detail: format!("{addr}: {}", f.detail),
+                    ..f
+                });
+            }
+            None => unreachable!("two replies"),
+        };
         let parsed = if self.use_cluster_slots {
             topology::parse_cluster_slots(&shards)
         } else {
@@ -432,6 +453,22 @@ impl RedisProbe {
             );
         }
         self.dropped_nodes = dropped;
+        let cluster_info = match cluster_info {
+            Some(Ok(v)) => redis::from_redis_value::<String>(v).ok(),
+            Some(Err(e)) => {
+                if Reason::of(&e) == Reason::Permission {
+                    self.refused(
+                        "CLUSTER INFO",
+                        "cluster_state is not read; redis_cluster_* metrics are absent",
+                    );
+                }
+                None
+            }
+            None => None,
+        };
+        let Some(cluster_info) = cluster_info else {
+            return Ok((Some(t), None));
+        };
         let cluster_info = info::ClusterInfo::parse(&cluster_info);
         let failure = (cluster_info.0.state_ok == Some(false)).then(|| Fault {
             reason: Reason::ClusterDown,
@@ -439,6 +476,70 @@ impl RedisProbe {
         });
         self.cluster_info = Some(cluster_info);
         Ok((Some(t), failure))
+    }
+
+    /// Cluster mode disabled: the server must be a primary, or the app's writes fail. Asks
+    /// `INFO replication` (ROLE is in `@dangerous`); a replica's connection is dropped, so the
+    /// next attempt dials again and follows a primary endpoint whose name moved.
+    async fn check_role(&mut self, addr: &HostPort, deadline: Instant) -> Result<(), Fault> {
+        let Some(mut conn) = self.conns.get(addr).cloned() else {
+            return Ok(());
+        };
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        let text = match view::section(&mut conn, "replication", deadline).await {
+            Ok(t) => t,
+            Err(f) if f.reason == Reason::Permission => {
+                self.refused("INFO", "the role of the server is not checked, only PING");
+                return Ok(());
+            }
+            Err(f) => {
+                self.drop_on(addr, f.reason);
+                return Err(f);
+            }
+        };
+        let (fields, _) = info::parse_info(&text);
+        match fields.get("role").map(|r| r.trim()) {
+            Some("master") => Ok(()),
+            Some(role) => {
+                self.conns.remove(addr);
+                Err(Fault {
+                    reason: Reason::NotPrimary,
+                    detail: format!("the server's role is {role}, not master"),
+                })
+            }
+            None => {
+                self.commands.fetch_add(1, Ordering::Relaxed);
+                let server = view::section(&mut conn, "server", deadline).await;
+                let sentinel = server.is_ok_and(|t| {
+                    info::parse_info(&t).0.get("redis_mode").map(|m| m.trim()) == Some("sentinel")
+                });
+                self.conns.remove(addr);
+                Err(if sentinel {
+                    Fault {
+                        reason: Reason::Sentinel,
+                        detail: "the address is a Sentinel; set REDIS_ADDRESS to the primary's"
+                            .into(),
+                    }
+                } else {
+                    Fault {
+                        reason: Reason::Other,
+                        detail: "INFO replication names no role".into(),
+                    }
+                })
+            }
+        }
+    }
+
+    /// Logs, once per command, that the server refused a command the probe sends, and what
+    /// the probe does without it.
+    fn refused(&mut self, command: &'static str, consequence: &'static str) {
+        if self.refused.insert(command) {
+            tracing::warn!(
+                command,
+                user = self.settings.username.as_deref().unwrap_or("default"),
+                "the server refused {command}: {consequence}"
+            );
+        }
     }
 
     /// PINGs `nodes` concurrently; keeps the connections that worked, drops the others.
@@ -477,8 +578,11 @@ impl RedisProbe {
     }
 
     fn drop_on(&mut self, addr: &HostPort, reason: Reason) {
-        // Server-side answers (LOADING, CLUSTERDOWN) leave the connection usable.
-        if !matches!(reason, Reason::Loading | Reason::ClusterDown) {
+        // Server-side answers (LOADING, CLUSTERDOWN, NOPERM) leave the connection usable.
+        if !matches!(
+            reason,
+            Reason::Loading | Reason::ClusterDown | Reason::Permission
+        ) {
             self.conns.remove(addr);
         }
     }
@@ -521,6 +625,13 @@ impl RedisProbe {
             tracing::info!(file = %path.display(), "TLS file changed; reconnecting with it");
         }
         if reloaded {
+            match self.settings.dialer() {
+                Ok(d) => self.dialer = d,
+                Err(e) => {
+                    tracing::warn!(problem = %e, "TLS files changed but do not make a TLS client; keeping the previous one");
+                    return;
+                }
+            }
             self.conns.clear();
         }
     }
@@ -558,10 +669,11 @@ impl RedisProbe {
         report
     }
 
-    /// Reads `INFO clients stats` from every node with an open connection (and `maxclients`
-    /// with `CONFIG GET` where INFO lacks it and CONFIG is allowed), and hands on the
-    /// `CLUSTER INFO` the last check read with the topology. Opens no new connection: nodes the
-    /// check could not reach are skipped.
+    /// Reads `INFO clients stats` from every node with an open connection (section by section
+    /// on servers before 7.0, and `maxclients` with `CONFIG GET` where INFO lacks it and
+    /// CONFIG is allowed), and hands on the `CLUSTER INFO` the last check read with the
+    /// topology. Opens no new connection: nodes the check could not reach are skipped. A node
+    /// that refuses INFO is reported as a failure, and logged once.
     pub async fn info(&mut self, deadline: Instant) -> InfoReport {
         let Some(topology) = self.topology.clone() else {
             return InfoReport::default();
@@ -570,53 +682,36 @@ impl RedisProbe {
             .nodes()
             .filter_map(|n| Some((n.addr.clone(), n.role, self.conns.get(&n.addr)?.clone())))
             .collect();
-        let commands = AtomicU32::new(0);
-        let reads = nodes.iter().map(|(addr, role, conn)| {
-            let mut conn = conn.clone();
-            let commands = &commands;
-            async move {
-                commands.fetch_add(1, Ordering::Relaxed);
-                let text = timeout_at(
-                    deadline,
-                    redis::cmd("INFO")
-                        .arg("clients")
-                        .arg("stats")
-                        .query_async::<String>(&mut conn),
-                )
-                .await
-                .ok()?
-                .ok()?;
-                let (mut info, errors) = info::NodeInfo::parse(&text);
-                if info.maxclients.is_none() {
-                    commands.fetch_add(1, Ordering::Relaxed);
-                    let reply = timeout_at(
-                        deadline,
-                        redis::cmd("CONFIG")
-                            .arg("GET")
-                            .arg("maxclients")
-                            .query_async::<Vec<String>>(&mut conn),
-                    )
-                    .await;
-                    info.maxclients = match reply {
-                        Ok(Ok(kv)) => kv.get(1).and_then(|v| v.parse().ok()),
-                        _ => None,
-                    };
-                }
-                let view = NodeView {
-                    addr: addr.clone(),
-                    role: *role,
-                    info,
-                };
-                Some((view, errors))
-            }
+        let form = self.info_form;
+        let reads = nodes.into_iter().map(|(addr, role, conn)| async move {
+            let read = view::read(conn, form, deadline).await;
+            (addr, role, read)
         });
         let mut report = InfoReport {
             shards: topology.shards.iter().filter(|s| s.slots > 0).count(),
             ..Default::default()
         };
-        for (view, errors) in join_all(reads).await.into_iter().flatten() {
-            report.parse_errors += errors;
-            report.nodes.push(view);
+        let mut commands = 0;
+        for (addr, role, read) in join_all(reads).await {
+            commands += read.commands;
+            if let Some(f) = read.form {
+                self.info_form = f;
+            }
+            match read.result {
+                Ok((info, errors)) => {
+                    report.parse_errors += errors;
+                    report.nodes.push(NodeView { addr, role, info });
+                }
+                Err(f) => {
+                    if f.reason == Reason::Permission {
+                        self.refused(
+                            "INFO",
+                            "the server-side metrics (redis_connected_clients, redis_max_clients, ...) are absent",
+                        );
+                    }
+                    report.failures.push((addr, f.reason));
+                }
+            }
         }
         if let Some((cluster, errors)) = self.cluster_info.take() {
             report.parse_errors += errors;
@@ -624,7 +719,7 @@ impl RedisProbe {
         }
         report.cost = Cost {
             dials: 0,
-            commands: commands.into_inner(),
+            commands,
             held: self.conns.len() as u32,
         };
         report
@@ -680,7 +775,7 @@ impl RedisProbe {
             .map(|n| (n.addr.clone(), n.role))
             .collect();
         reports.extend(self.ping_all(added, deadline, &mut details).await);
-        let nodes: Vec<NodeReport> = topology
+        let mut nodes: Vec<NodeReport> = topology
             .nodes()
             .filter_map(|n| {
                 let r = reports.iter().find(|r| r.addr == n.addr)?;
@@ -693,6 +788,14 @@ impl RedisProbe {
             .collect();
         self.conns
             .retain(|a, _| topology.nodes().any(|n| &n.addr == a));
+        if !self.settings.cluster_mode {
+            for n in nodes.iter_mut().filter(|n| n.result.is_ok()) {
+                if let Err(f) = self.check_role(&n.addr, deadline).await {
+                    details.push(format!("{}: {}", n.addr, f.detail));
+                    n.result = Err(f.reason);
+                }
+            }
+        }
         if nodes.iter().any(|n| n.result == Err(Reason::Auth)) {
             self.reload_password();
         }
@@ -774,9 +877,14 @@ fn verdict(
     Err(primary_reason.unwrap_or(Reason::NoPrimary))
 }
 
-fn is_unknown_subcommand(e: &RedisError) -> bool {
+/// `CLUSTER SHARDS` is missing (Redis before 7.0: "unknown subcommand" on 6.x, "Wrong
+/// CLUSTER subcommand" on 4.x and 5.x) or the ACL user may not run it: `CLUSTER SLOTS` next.
+fn shards_refused(e: &RedisError) -> bool {
     let s = e.to_string().to_ascii_lowercase();
-    s.contains("unknown subcommand") || s.contains("unknown command")
+    Reason::of(e) == Reason::Permission
+        || s.contains("unknown subcommand")
+        || s.contains("unknown command")
+        || s.contains("wrong cluster subcommand")
 }
 
 /// What went wrong with one node or command: its label and a log-safe description.
@@ -811,34 +919,6 @@ pub async fn resolve(addr: &HostPort) -> std::io::Result<Vec<SocketAddr>> {
     Ok(tokio::net::lookup_host((addr.host.as_str(), addr.port))
         .await?
         .collect())
-}
-
-/// Resolves every name to the node's own address. With `REDIS_TLS_SERVER_NAME`, redis-rs is
-/// given the server name as host (so it is the name verified) and this resolver still connects
-/// to the node. Lookup failures are tagged so they classify as [`Reason::Dns`].
-struct NodeResolver(HostPort);
-
-impl redis::io::AsyncDNSResolver for NodeResolver {
-    fn resolve<'a, 'b: 'a>(
-        &'a self,
-        _host: &'b str,
-        port: u16,
-    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
-        Box::pin(async move {
-            let node = HostPort {
-                host: self.0.host.clone(),
-                port,
-            };
-            match resolve(&node).await {
-                Ok(addrs) => {
-                    let it: Box<dyn Iterator<Item = SocketAddr> + Send> =
-                        Box::new(addrs.into_iter());
-                    Ok(it)
-                }
-                Err(e) => Err(RedisError::from(std::io::Error::other(DnsError(e)))),
-            }
-        })
-    }
 }
 
 #[cfg(test)]
@@ -931,6 +1011,30 @@ mod tests {
     fn everything_down_for_one_reason_reports_it() {
         let all: Vec<_> = (1..=6).map(|p| (p, Err(Reason::Auth))).collect();
         assert_eq!(verdict(&topo(), &reports(&all), None), Err(Reason::Auth));
+    }
+
+    /// Each server generation's way of saying it has no CLUSTER SHARDS, and an ACL without it.
+    #[test]
+    fn shards_refusals_fall_back_to_cluster_slots() {
+        let err =
+            |code: &str, text: &str| redis::make_extension_error(code.into(), Some(text.into()));
+        for e in [
+            err(
+                "ERR",
+                "Unknown subcommand or wrong number of arguments for 'SHARDS'. Try CLUSTER HELP.",
+            ),
+            err("ERR", "Wrong CLUSTER subcommand or number of arguments"),
+            err(
+                "NOPERM",
+                "this user has no permissions to run the 'cluster|shards' command",
+            ),
+        ] {
+            assert!(shards_refused(&e), "{e}");
+        }
+        assert!(!shards_refused(&err(
+            "ERR",
+            "This instance has cluster support disabled"
+        )));
     }
 
     #[test]

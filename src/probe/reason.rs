@@ -21,8 +21,10 @@ pub enum Reason {
     ConnectionRefused,
     /// No answer within the attempt timeout (or the dial/read timeout).
     Timeout,
-    /// Wrong or missing password (`WRONGPASS`, `NOAUTH`) or a user without permission.
+    /// Wrong or missing password (`WRONGPASS`, `NOAUTH`).
     Auth,
+    /// The ACL user may not run a command the probe sends (`NOPERM`).
+    Permission,
     /// TLS handshake failed: unknown CA, name mismatch, expired certificate, plain-text server.
     Tls,
     /// The node's host name does not resolve.
@@ -33,22 +35,32 @@ pub enum Reason {
     Loading,
     /// A shard that holds slots has no primary that answers.
     NoPrimary,
+    /// Cluster mode disabled: the node is a replica (`role:slave`), so the app's writes fail.
+    NotPrimary,
+    /// `REDIS_CLUSTER_MODE=true` against a server without cluster support.
+    ClusterModeDisabled,
+    /// The address is a Sentinel, not a Redis server.
+    Sentinel,
     /// Anything else (the log line has the detail).
     Other,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 15] = [
         Reason::ConnectionReset,
         Reason::ConnectionClosed,
         Reason::ConnectionRefused,
         Reason::Timeout,
         Reason::Auth,
+        Reason::Permission,
         Reason::Tls,
         Reason::Dns,
         Reason::ClusterDown,
         Reason::Loading,
         Reason::NoPrimary,
+        Reason::NotPrimary,
+        Reason::ClusterModeDisabled,
+        Reason::Sentinel,
         Reason::Other,
     ];
 
@@ -59,11 +71,15 @@ impl Reason {
             Reason::ConnectionRefused => "connection_refused",
             Reason::Timeout => "timeout",
             Reason::Auth => "auth",
+            Reason::Permission => "permission",
             Reason::Tls => "tls",
             Reason::Dns => "dns",
             Reason::ClusterDown => "cluster_down",
             Reason::Loading => "loading",
             Reason::NoPrimary => "no_primary",
+            Reason::NotPrimary => "not_primary",
+            Reason::ClusterModeDisabled => "cluster_mode_disabled",
+            Reason::Sentinel => "sentinel",
             Reason::Other => "other",
         }
     }
@@ -75,11 +91,12 @@ impl Reason {
             ErrorKind::Server(ServerErrorKind::ClusterDown) => return Reason::ClusterDown,
             ErrorKind::Server(ServerErrorKind::MasterDown) => return Reason::ClusterDown,
             ErrorKind::Server(ServerErrorKind::BusyLoading) => return Reason::Loading,
-            ErrorKind::Server(ServerErrorKind::NoPerm) => return Reason::Auth,
+            ErrorKind::Server(ServerErrorKind::NoPerm) => return Reason::Permission,
             _ => {}
         }
         match e.code() {
-            Some("NOAUTH" | "WRONGPASS" | "NOPERM") => return Reason::Auth,
+            Some("NOAUTH" | "WRONGPASS") => return Reason::Auth,
+            Some("NOPERM") => return Reason::Permission,
             Some("CLUSTERDOWN" | "MASTERDOWN") => return Reason::ClusterDown,
             Some("LOADING") => return Reason::Loading,
             _ => {}
@@ -156,13 +173,11 @@ pub fn io_error_reason(io: &io::Error) -> Reason {
 fn from_text(s: &str) -> Reason {
     let s = s.to_ascii_lowercase();
     let has = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
-    if has(&[
-        "wrongpass",
-        "noauth",
-        "authentication",
-        "invalid password",
-        "noperm",
-    ]) {
+    if has(&["noperm", "no permissions to run"]) {
+        Reason::Permission
+    } else if has(&["cluster support disabled", "cluster mode is not enabled"]) {
+        Reason::ClusterModeDisabled
+    } else if has(&["wrongpass", "noauth", "authentication", "invalid password"]) {
         Reason::Auth
     } else if has(&[
         "certificate",
@@ -252,6 +267,19 @@ mod tests {
         let e =
             redis::make_extension_error("NOAUTH".into(), Some("Authentication required.".into()));
         assert_eq!(Reason::of(&e), Reason::Auth);
+        let e = redis::make_extension_error(
+            "NOPERM".into(),
+            Some("User probe has no permissions to run the 'cluster|shards' command".into()),
+        );
+        assert_eq!(Reason::of(&e), Reason::Permission);
+    }
+
+    #[test]
+    fn cluster_support_disabled() {
+        assert_eq!(
+            from_text("ERR This instance has cluster support disabled"),
+            Reason::ClusterModeDisabled
+        );
     }
 
     #[test]

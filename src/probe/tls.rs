@@ -132,6 +132,13 @@ fn with_client_auth(
     }
 }
 
+/// The client configuration every connection to the nodes uses: the configured CA (or the
+/// system roots, parsed once per process) and the client certificate when one is set.
+pub fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, String> {
+    install_crypto_provider();
+    verifying(tls).map(Arc::new)
+}
+
 fn verifying(tls: &TlsConfig) -> Result<ClientConfig, String> {
     with_client_auth(
         ClientConfig::builder().with_root_certificates(roots(tls)),

@@ -232,27 +232,30 @@ pub fn parse_cluster_slots(v: &Value) -> Result<Topology, ParseError> {
             return Err(err(C, "slot out of range"));
         }
         let mut nodes = vec![];
+        let mut primary = None;
         for (i, n) in r[2..].iter().enumerate() {
             let n = array(n).ok_or(err(C, "node is not an array"))?;
-            let host = n
-                .first()
-                .and_then(text)
-                .ok_or(err(C, "node has no address"))?;
             let port = n
                 .get(1)
                 .and_then(port_number)
                 .ok_or(err(C, "node has no port"))?;
+            // An unknown endpoint (NULL, or "?") leaves the node out: the shard then has no
+            // primary to PING, which is what it is to a client.
+            let Some(host) = slots_host(n) else {
+                continue;
+            };
             let role = if i == 0 { Role::Primary } else { Role::Replica };
-            nodes.push(Node {
-                addr: HostPort { host, port },
-                role,
-            });
+            let addr = HostPort { host, port };
+            if i == 0 {
+                primary = Some(addr.clone());
+            }
+            nodes.push(Node { addr, role });
         }
-        let primary = nodes[0].addr.clone();
-        match shards
-            .iter_mut()
-            .find(|s| s.primary.as_ref() == Some(&primary))
-        {
+        let same = |s: &&mut Shard| match &primary {
+            Some(p) => s.primary.as_ref() == Some(p),
+            None => false,
+        };
+        match shards.iter_mut().find(same) {
             Some(s) => {
                 s.slots += (b - a + 1) as u32;
                 for n in nodes {
@@ -263,12 +266,28 @@ pub fn parse_cluster_slots(v: &Value) -> Result<Topology, ParseError> {
             }
             None => shards.push(Shard {
                 slots: (b - a + 1) as u32,
-                primary: Some(primary),
+                primary,
                 nodes,
             }),
         }
     }
     Ok(ordered(shards))
+}
+
+/// A CLUSTER SLOTS node's address: its endpoint, else the `ip` of its metadata (Redis 7.0
+/// gives it when the endpoint is a host name or unknown); `None` when neither is known.
+fn slots_host(node: &[Value]) -> Option<String> {
+    let endpoint = node
+        .first()
+        .and_then(text)
+        .filter(|h| !h.is_empty() && h != "?");
+    endpoint.or_else(|| {
+        let meta = pairs(node.get(3)?)?;
+        meta.into_iter()
+            .find(|(k, _)| k == "ip")
+            .and_then(|(_, v)| text(v))
+            .filter(|h| !h.is_empty() && h != "?")
+    })
 }
 
 /// A TCP port: 1 to 65535.
@@ -485,5 +504,74 @@ mod tests {
         assert_eq!(capped.shards.len(), 3);
         let (same, dropped) = t.clone().capped(1000);
         assert_eq!((same, dropped), (t, 0));
+    }
+
+    /// Valkey 9.1 adds `availability-zone` to both replies; unknown keys are ignored.
+    #[test]
+    fn availability_zone_is_ignored() {
+        let mut n = match node("10.0.0.1", 6379, 0, "master", "online") {
+            Value::Array(a) => a,
+            _ => unreachable!(),
+        };
+        n.extend([b("availability-zone"), b("use1-az1")]);
+        let v = Value::Array(vec![shard(&[0, 16383], vec![Value::Array(n)])]);
+        let t = parse_cluster_shards(&v, false).unwrap();
+        assert_eq!(t.shards[0].primary.as_ref().unwrap().host, "10.0.0.1");
+
+        let slots = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Array(vec![
+                b("10.0.0.1"),
+                Value::Int(6379),
+                b("id1"),
+                Value::Array(vec![b("availability-zone"), b("use1-az1")]),
+            ]),
+        ])]);
+        let t = parse_cluster_slots(&slots).unwrap();
+        assert_eq!(
+            t.shards[0].primary.as_ref().unwrap().to_string(),
+            "10.0.0.1:6379"
+        );
+    }
+
+    /// `cluster-preferred-endpoint-type unknown-endpoint`: CLUSTER SLOTS gives NULL or "?" as
+    /// the endpoint. The metadata's `ip` is used when given; a node with neither is left out
+    /// instead of failing the whole topology.
+    #[test]
+    fn cluster_slots_unknown_endpoints() {
+        let entry = |endpoint: Value, port: i64, meta: Vec<Value>| {
+            Value::Array(vec![
+                endpoint,
+                Value::Int(port),
+                b("id"),
+                Value::Array(meta),
+            ])
+        };
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(8191),
+                entry(Value::Nil, 7001, vec![b("ip"), b("10.0.0.1")]),
+                entry(b("?"), 7004, vec![]),
+            ]),
+            Value::Array(vec![
+                Value::Int(8192),
+                Value::Int(16383),
+                entry(b("?"), 7002, vec![]),
+                entry(b("node-3.example"), 7005, vec![b("ip"), b("10.0.0.5")]),
+            ]),
+        ]);
+        let t = parse_cluster_slots(&v).unwrap();
+        assert_eq!(t.shards.len(), 2);
+        let with_primary: Vec<_> = t.shards.iter().filter_map(|s| s.primary.clone()).collect();
+        assert_eq!(with_primary.len(), 1, "{t:?}");
+        assert_eq!(with_primary[0].to_string(), "10.0.0.1:7001");
+        let hosts: Vec<String> = t.nodes().map(|n| n.addr.to_string()).collect();
+        assert!(
+            hosts.contains(&"node-3.example:7005".to_string()),
+            "{hosts:?}"
+        );
+        assert!(!hosts.iter().any(|h| h.starts_with('?')), "{hosts:?}");
     }
 }
