@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Cluster, Options, Sidecar, config, sample, with_vars};
+use support::{Cluster, Options, Sidecar, config, ready_until, role_series, sample, with_vars};
 
 /// Polls `/readyz` every 20 ms for `hold`, failing if it ever answers anything but 200.
 async fn stays_ready(sidecar: &Sidecar, hold: Duration) -> usize {
@@ -99,41 +99,6 @@ fn default_timings(cluster: &Cluster) -> Vec<(String, String)> {
     let mut env = cluster.connection_env();
     env.push(("PROBE_LISTEN".into(), "127.0.0.1:0".into()));
     env
-}
-
-/// Watches `/readyz` (must stay 200) and `/livez` (must stay 200) until `done` holds; returns the
-/// slowest `/readyz` answer seen.
-async fn ready_until(sidecar: &Sidecar, limit: Duration, done: impl Fn(&str) -> bool) -> Duration {
-    let start = Instant::now();
-    let mut slowest = Duration::ZERO;
-    loop {
-        let t = Instant::now();
-        let (status, body) = sidecar.get("/readyz?verbose").await;
-        slowest = slowest.max(t.elapsed());
-        assert_eq!(
-            status,
-            200,
-            "readiness flipped after {:?}:\n{body}",
-            start.elapsed()
-        );
-        assert_eq!(sidecar.get("/livez").await.0, 200);
-        if done(&sidecar.metrics().await) {
-            return slowest;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "condition not met in {limit:?}:\n{body}\n{}",
-            sidecar.metrics().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn role_series(cluster: &Cluster, i: usize, role: &str) -> String {
-    format!(
-        "redis_node_up{{node=\"{}\",role=\"{role}\"}}",
-        cluster.nodes[i].addr()
-    )
 }
 
 /// `CLIENT KILL TYPE normal` on every node at once, 20 times: each round drops every

