@@ -167,9 +167,17 @@ async fn least_privilege_users() {
     let no_shards = user("noshards", "-@all +ping +info +cluster|slots +cluster|info");
     let sidecar = Sidecar::spawn_binary(BIN, &no_shards).await;
     ready(&sidecar).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let m = sidecar.metrics().await;
-    assert_eq!(m.matches("redis_node_up{").count(), 6, "{m}");
+    // CLUSTER SLOTS lists a replica once its replication offset has reached the cluster's
+    // gossip (up to a replication ping period after the cluster is made).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = sidecar.metrics().await;
+        if m.matches("redis_node_up{").count() == 6 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "replicas not followed:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let dials = sample(&m, "redis_probe_connection_attempts_total");
     let logs = sidecar.logs();
     assert_eq!(

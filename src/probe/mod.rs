@@ -11,14 +11,20 @@
 //!    seed addresses are asked only when no known node answers.
 //!
 //! The check passes when every shard that holds slots has a primary that answered. A replica
-//! that fails is reported but does not fail the check.
+//! that fails is reported but does not fail the check. With cluster mode disabled the one
+//! server must also say `role:master` in `INFO replication`.
+//!
+//! Commands the ACL user may not run (`NOPERM`, reason `permission`) keep the connection and
+//! are logged once each: without `CLUSTER SHARDS` the topology comes from `CLUSTER SLOTS`;
+//! only a refused PING fails a node.
 //!
 //! Why not redis-rs's cluster connection: it would open a second connection to every primary
 //! for nothing a per-node connection cannot do, and a PING routed through it to a healthy node
 //! was seen to wait the full timeout while another node was unreachable. With per-node
 //! connections, each pod adds exactly one connection per node.
 //!
-//! Connections are dropped on I/O errors and timeouts and re-established on the next attempt.
+//! Connections are opened by [`dial`] (one TLS configuration for every dial), dropped on I/O
+//! errors and timeouts and re-established on the next attempt.
 //! With `REDIS_PASSWORD_FILE`, an AUTH failure re-reads the file; a changed token drops every
 //! connection so the next attempt authenticates with it.
 

@@ -2,8 +2,8 @@
 //! the seed's logs show it: `SO_LINGER 0` on close sends a reset instead of a FIN.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 pub struct ResetProxy {
     pub addr: SocketAddr,
     refuse: Arc<AtomicBool>,
+    upstream: Arc<Mutex<SocketAddr>>,
     generation: watch::Sender<u64>,
     accepted: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -32,7 +33,13 @@ impl ResetProxy {
         let refuse = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
         let (generation, _) = watch::channel(0u64);
-        let (r, a, g) = (refuse.clone(), accepted.clone(), generation.clone());
+        let upstream = Arc::new(Mutex::new(upstream));
+        let (r, a, g, u) = (
+            refuse.clone(),
+            accepted.clone(),
+            generation.clone(),
+            upstream.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -44,6 +51,7 @@ impl ResetProxy {
                     continue;
                 }
                 let mut gen_rx = g.subscribe();
+                let upstream = *u.lock().unwrap();
                 tokio::spawn(async move {
                     let Ok(mut up) = TcpStream::connect(upstream).await else {
                         reset(client);
@@ -67,6 +75,7 @@ impl ResetProxy {
         ResetProxy {
             addr,
             refuse,
+            upstream,
             generation,
             accepted,
             task,
@@ -86,6 +95,12 @@ impl ResetProxy {
         if on {
             self.reset_all();
         }
+    }
+
+    /// New connections go to `to`; open ones stay where they are, as a client's connection
+    /// stays with the address a DNS name had when it dialled.
+    pub fn set_upstream(&self, to: SocketAddr) {
+        *self.upstream.lock().unwrap() = to;
     }
 
     /// Connections accepted so far.
