@@ -92,6 +92,16 @@ async fn cluster_mode_against_a_standalone_server() {
     wait_reason(&sidecar, "cluster_mode_disabled").await;
     wait_log(&sidecar, "set REDIS_CLUSTER_MODE=false").await;
     sidecar.stop().await;
+
+    let out = Command::new(BIN)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .args(["diagnose", "--duration", "1s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("] wrong_server: "), "{text}");
 }
 
 /// A Sentinel answers PING like a server; pointed at one, the sidecar says so instead of

@@ -220,3 +220,26 @@ async fn client_certificate_rotates_without_a_restart() {
     assert!(expiry > now, "{expiry} is not in the future");
     sidecar.stop().await;
 }
+
+/// With a CA file configured, the system trust store is never read: a broken one (here a
+/// corrupt `SSL_CERT_FILE`) does not fail the dials, and the TLS configuration is built once,
+/// not per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_system_store_does_not_matter_with_a_ca_file() {
+    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
+        .await
+        .unwrap();
+    let bundle = server.dir.path().join("corrupt-bundle.pem");
+    std::fs::write(
+        &bundle,
+        "-----BEGIN CERTIFICATE-----\nnot a certificate at all!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let mut env = server.env();
+    env.push(("SSL_CERT_FILE".into(), bundle.display().to_string()));
+    let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    sidecar.stop().await;
+}

@@ -36,8 +36,13 @@ pub enum Code {
     Dns,
     /// `REDIS_PASSWORD_FILE` cannot be read.
     PasswordFile,
-    /// The first check failed for a wrong password or a missing permission.
+    /// The first check failed for a wrong password.
     Auth,
+    /// The ACL user may not run PING (`NOPERM`).
+    Permission,
+    /// The address is not the kind of server the settings say: cluster support disabled
+    /// under `REDIS_CLUSTER_MODE=true`, a replica or a Sentinel with it `false`.
+    WrongServer,
     /// The first check failed in the TLS handshake.
     Tls,
     /// The first check failed otherwise.
@@ -74,9 +79,8 @@ impl Code {
     pub fn section(self) -> Section {
         use Code::*;
         match self {
-            Dns | PasswordFile | Auth | Tls | Unreachable | TlsUnverified | CertExpiring => {
-                Section::Reachability
-            }
+            Dns | PasswordFile | Auth | Permission | WrongServer | Tls | Unreachable
+            | TlsUnverified | CertExpiring => Section::Reachability,
             SlotsUncovered | ClusterState | ShardDrift | TopologyTruncated => Section::Topology,
             SlowNode => Section::Latency,
             ClientsNearMax | CeilingAboveMaxclients => Section::Connections,
@@ -91,6 +95,8 @@ impl Code {
             Dns => "dns",
             PasswordFile => "password_file",
             Auth => "auth",
+            Permission => "permission",
+            WrongServer => "wrong_server",
             Tls => "tls",
             Unreachable => "unreachable",
             TlsUnverified => "tls_unverified",

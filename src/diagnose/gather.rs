@@ -81,6 +81,10 @@ async fn reachability(config: &Config, first: &CheckReport, f: &mut Findings) ->
     if let Err(reason) = first.result {
         let code = match reason {
             Reason::Auth => Code::Auth,
+            Reason::Permission => Code::Permission,
+            Reason::ClusterModeDisabled | Reason::NotPrimary | Reason::Sentinel => {
+                Code::WrongServer
+            }
             Reason::Tls => Code::Tls,
             Reason::Dns => Code::Dns,
             _ => Code::Unreachable,
