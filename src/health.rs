@@ -7,7 +7,8 @@
 //! channel. HTTP handlers only read that snapshot.
 //!
 //! The next check is scheduled from the end of the previous one, so checks never overlap.
-//! While the breaker is open no check runs; the trial check runs when the open duration ends.
+//! While the breaker is open no check runs: each interval is counted as a failed check with
+//! reason `circuit_open`, and the trial check runs when the open duration ends.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -199,20 +200,45 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             if let Some(t) = self.breaker.poll(Instant::now()) {
                 self.on_transition(t, None);
             }
+            if self.breaker.state() == State::Open {
+                // The interval's check is skipped, and counted as a failed check: a sustained
+                // outage keeps one failure per interval, so a rate of failed checks means the
+                // same whether the breaker is open or not.
+                self.record_skipped();
+                let wake = self.next_wake();
+                self.set_deadline(wake);
+                sleep_until(wake).await;
+                continue;
+            }
             let report = self.check().await;
             let ok = report.result.is_ok();
             if let Some(t) = self.breaker.observe(Instant::now(), ok) {
                 self.on_transition(t, report.result.err());
             }
             self.log_changes(&report);
-            let wake = match self.breaker.open_until() {
-                Some(until) => until,
-                None => Instant::now() + self.jitter.spread(s.interval, s.jitter),
-            };
+            let wake = self.next_wake();
             self.publish(report, wake);
             self.maybe_read_info().await;
             sleep_until(wake).await;
         }
+    }
+
+    /// The next interval, or the end of the open duration when that comes first.
+    fn next_wake(&mut self) -> Instant {
+        let s = self.timing;
+        let next = Instant::now() + self.jitter.spread(s.interval, s.jitter);
+        match self.breaker.open_until() {
+            Some(until) => until.min(next),
+            None => next,
+        }
+    }
+
+    fn record_skipped(&self) {
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.metrics.health.record_skipped(unix);
     }
 
     /// One check: up to `attempts` attempts with backoff in between.
@@ -562,6 +588,12 @@ mod tests {
             s.contains(
                 "redis_circuit_breaker_transitions_total{from=\"half_open\",to=\"closed\"} 1"
             ),
+            "{s}"
+        );
+        // The second open duration (10 s) spans two intervals: the one skipped at 5 s counts
+        // as a failed check, so the failure rate stays one per interval while open.
+        assert!(
+            s.contains("redis_health_check_failed_total{reason=\"circuit_open\"} 1"),
             "{s}"
         );
     }

@@ -99,8 +99,10 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
         RandomJitter,
         metrics.clone(),
     );
-    let health_loop =
-        health_loop.with_info(config.observe.info_interval, config.observe.maxclients);
+    let health_loop = match config.observe.info_interval {
+        Some(every) => health_loop.with_info(every, config.observe.maxclients),
+        None => health_loop,
+    };
     let mut tasks = JoinSet::new();
     tasks.spawn(health_loop.run());
     if pool_available {

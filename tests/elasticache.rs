@@ -281,9 +281,20 @@ async fn acl_user_password_rotation() {
     // Old connections are still authenticated; new ones must use the new password.
     cluster.cli_all(&["CLIENT", "KILL", "USER", PROBE_USER]);
     let deadline = Instant::now() + Duration::from_secs(20);
+    while !sidecar.logs().contains("password file changed") {
+        assert!(
+            Instant::now() < deadline,
+            "file change not seen:\n{}",
+            sidecar.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two more checks pass on connections made with the new password.
+    let checks = |m: &str| sample(m, "redis_health_checks_total").unwrap_or(0.0);
+    let seen = checks(&sidecar.metrics().await);
     loop {
         let m = sidecar.metrics().await;
-        if sample(&m, "redis_probe_ready") == Some(1.0) && sidecar.get("/readyz").await.0 == 200 {
+        if checks(&m) >= seen + 2.0 && sample(&m, "redis_up") == Some(1.0) {
             break;
         }
         assert!(
@@ -292,6 +303,7 @@ async fn acl_user_password_rotation() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(sidecar.get("/readyz").await.0, 200);
     let logs = sidecar.logs();
     assert!(logs.contains("password file changed"), "{logs}");
     assert!(!logs.contains(new) && !logs.contains(support::PROBE_USER_PASSWORD));

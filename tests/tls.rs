@@ -87,7 +87,7 @@ async fn standalone_server() {
         .await;
     let m = sidecar.metrics().await;
     let series = format!(
-        "redis_node_up{{node=\"{}\",role=\"primary\"}}",
+        "redis_node_info{{node=\"{}\",role=\"primary\"}}",
         server.nodes[0].addr()
     );
     assert_eq!(sample(&m, &series), Some(1.0), "{m}");

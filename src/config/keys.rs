@@ -12,7 +12,7 @@ use std::ops::Deref;
 
 use super::parse::{
     Addresses, App, CertFile, Choice, Count, DnsName, Flag, HttpUrl, KeyFile, Listen, LogLevel,
-    Parser, Positive, ReadableFile, SecretText, Span, Text, Unit, Unsigned, UrlText,
+    OffOrPositive, Parser, Positive, ReadableFile, SecretText, Span, Text, Unit, Unsigned, UrlText,
 };
 use super::{LogFormat, OnFailure};
 
@@ -205,8 +205,8 @@ keys! {
         "Cap of the doubling open duration.";
     PROBE_ON_FAILURE: Choice<OnFailure> = "probe.on_failure", Value("unready"),
         "`unready`: 503 when Redis is down. `degraded`: 200 with `degraded`.";
-    PROBE_INFO_INTERVAL: Positive = "cluster.info_interval", Value("30s"),
-        "How often `INFO clients stats` is read from every node, over the connections already held, and the cluster metrics published (from the `CLUSTER INFO` each check reads with the topology).";
+    PROBE_INFO_INTERVAL: OffOrPositive = "cluster.info_interval", Value("30s"),
+        "How often `INFO clients stats` is read from every node, over the connections already held, and the cluster metrics published (from the `CLUSTER INFO` each check reads with the topology). `0` turns the per-pod server view off (no `redis_connected_clients`, `redis_max_clients`, `redis_cluster_*` series): every pod exports the same per-node numbers, so a large fleet may leave them to a few pods or to redis_exporter.";
     PROBE_MAXCLIENTS: Count<{ u32::MAX }> = "cluster.maxclients", Value("65000"),
         "maxclients to assume when neither INFO nor `CONFIG GET` tells (ElastiCache disables CONFIG; its limit is 65,000).";
     PROBE_EXPECTED_SHARDS: Unsigned = "cluster.expected_shards", Unset,

@@ -228,7 +228,8 @@ pub struct ProbeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObserveConfig {
     /// How often INFO and CLUSTER INFO are read (slower than PING: they are bigger replies).
-    pub info_interval: Duration,
+    /// `None`: the server-side view is off.
+    pub info_interval: Option<Duration>,
     /// maxclients to assume when the server does not tell (ElastiCache disables CONFIG).
     pub maxclients: u64,
     /// Shards the cluster should have, for drift alerts.

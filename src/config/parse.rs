@@ -304,6 +304,20 @@ impl Parser for Positive {
     }
 }
 
+/// A duration of at most [`MAX_DURATION`], where `0` turns the thing off (`None`).
+pub struct OffOrPositive;
+impl Parser for OffOrPositive {
+    type Raw = Scalar;
+    type Out = Option<Duration>;
+    fn check(raw: Scalar) -> Result<Option<Duration>, Invalid> {
+        match Span::check(raw)? {
+            d if d.is_zero() => Ok(None),
+            d if d > MAX_DURATION => Err("must be at most 24h".into()),
+            d => Ok(Some(d)),
+        }
+    }
+}
+
 /// A fraction in `[0, 1)`.
 pub struct Unit;
 impl Parser for Unit {

@@ -11,6 +11,9 @@ use prometheus_client::registry::{Registry, Unit};
 use super::labels::{ReasonLabel, ResultLabel};
 use crate::probe::{Cost, Reason};
 
+/// The `reason` of an interval whose check the open breaker skipped.
+pub const CIRCUIT_OPEN: &str = "circuit_open";
+
 pub struct HealthMetrics {
     health_checks: Counter,
     health_check_failed: Family<ReasonLabel, Counter>,
@@ -43,6 +46,9 @@ impl HealthMetrics {
             connections: Gauge::default(),
             changes: Default::default(),
         };
+        let _ = m.health_check_failed.get_or_create(&ReasonLabel {
+            reason: CIRCUIT_OPEN,
+        });
         for reason in Reason::ALL {
             let reason = reason.as_str();
             let _ = m.health_check_failed.get_or_create(&ReasonLabel { reason });
@@ -63,7 +69,7 @@ impl HealthMetrics {
         );
         r.register(
             "health_check_failed",
-            "Health checks whose every attempt failed, by the reason of the last attempt",
+            "Health checks whose every attempt failed, by the reason of the last attempt; circuit_open: an interval skipped while the breaker is open",
             m.health_check_failed.clone(),
         );
         r.register(
@@ -142,6 +148,19 @@ impl HealthMetrics {
         self.changed();
         self.connection_attempts.inc_by(u64::from(cost.dials));
         self.commands.inc_by(u64::from(cost.commands));
+    }
+
+    /// An interval passed with the breaker open: counted as a failed check, no attempt made.
+    pub fn record_skipped(&self, unix_now: f64) {
+        self.changed();
+        self.health_checks.inc();
+        self.last_check_timestamp.set(unix_now);
+        self.up.set(0);
+        self.health_check_failed
+            .get_or_create(&ReasonLabel {
+                reason: CIRCUIT_OPEN,
+            })
+            .inc();
     }
 
     /// A whole check (all its attempts) ended at `unix_now` after `seconds`.

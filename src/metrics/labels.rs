@@ -58,4 +58,5 @@ pub struct TransitionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: &'static str,
+    pub revision: &'static str,
 }

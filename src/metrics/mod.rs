@@ -146,11 +146,16 @@ impl Metrics {
         build
             .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION"),
+                revision: env!("REDIS_PROBE_REVISION"),
             })
             .set(1);
         let r = self.registry.sub_registry_with_prefix("redis_probe");
         r.register("ready", "1 when /readyz answers 200", self.ready.clone());
-        r.register("build_info", "Always 1; the version is a label", build);
+        r.register(
+            "build_info",
+            "Always 1; the version and the source revision are labels",
+            build,
+        );
         r.register(
             "parse_errors",
             "Lines of INFO replies or /proc/net/tcp that did not parse",
@@ -294,22 +299,25 @@ mod tests {
             .record(&[node(2, Role::Primary, true), node(1, Role::Replica, true)]);
         let mut s = String::new();
         m.encode_openmetrics(&mut s);
+        for line in [
+            "redis_node_info{node=\"127.0.0.1:2\",role=\"primary\"} 1",
+            "redis_node_info{node=\"127.0.0.1:1\",role=\"replica\"} 1",
+            "redis_node_up{node=\"127.0.0.1:1\"} 1",
+            "redis_node_up{node=\"127.0.0.1:2\"} 1",
+            "redis_node_ping_seconds{node=\"127.0.0.1:2\"} 0.00025",
+        ] {
+            assert!(s.contains(line), "{line} missing:\n{s}");
+        }
+        // The role moved: only the info series changed.
         assert!(
-            s.contains("redis_node_up{node=\"127.0.0.1:2\",role=\"primary\"} 1"),
+            !s.contains("redis_node_info{node=\"127.0.0.1:1\",role=\"primary\"}"),
             "{s}"
         );
-        assert!(
-            s.contains("redis_node_up{node=\"127.0.0.1:1\",role=\"replica\"} 1"),
-            "{s}"
-        );
-        assert!(
-            !s.contains("redis_node_up{node=\"127.0.0.1:1\",role=\"primary\"}"),
-            "{s}"
-        );
-        assert!(
-            s.contains("redis_node_ping_seconds{node=\"127.0.0.1:2\",role=\"primary\"} 0.00025"),
-            "{s}"
-        );
+        // A node that left takes its series with it.
+        m.nodes.record(&[node(2, Role::Primary, true)]);
+        let mut s = String::new();
+        m.encode_openmetrics(&mut s);
+        assert!(!s.contains("node=\"127.0.0.1:1\""), "{s}");
     }
 
     #[test]

@@ -1126,7 +1126,7 @@ pub async fn ready_until(
 
 pub fn role_series(cluster: &Cluster, i: usize, role: &str) -> String {
     format!(
-        "redis_node_up{{node=\"{}\",role=\"{role}\"}}",
+        "redis_node_info{{node=\"{}\",role=\"{role}\"}}",
         cluster.nodes[i].addr()
     )
 }
