@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod prometheus;
 pub mod proxy;
 
 use std::collections::HashSet;
@@ -42,6 +43,16 @@ pub fn require(bin: &str) -> PathBuf {
              (or run .ci/run, which installs everything the tests need)"
         ),
     }
+}
+
+/// Fails the run, naming how to install it, when a tool is missing.
+pub fn require_tool(bin: &str, how: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| panic!("`{bin}` is not installed. Install it with: {how}"))
 }
 
 /// Free loopback ports, never the same one twice in this process, and below the kernel's
@@ -1056,6 +1067,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     )
     .await;
     parse_response(&raw)
+}
+
+/// As [`http_get`], `None` when nothing accepts the connection.
+pub async fn http_get_opt(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = vec![];
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    Some(parse_response(&String::from_utf8_lossy(&buf)))
 }
 
 /// Sends `request` as is and returns everything the server wrote back.

@@ -1,0 +1,181 @@
+//! A real Prometheus server (Debian's `prometheus`) started by a test: it scrapes the given
+//! sidecars, evaluates the shipped rule file, and is asked through its HTTP API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub struct Prometheus {
+    pub addr: SocketAddr,
+    _dir: TempDir,
+    child: Child,
+}
+
+/// One scrape target: its address and the `pod` label it gets.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub pod: String,
+}
+
+/// One active alert as `/api/v1/alerts` shows it.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub name: String,
+    pub state: String,
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    pub value: String,
+}
+
+impl Prometheus {
+    /// Scrapes `targets` as job `job` every `every` (also the rule evaluation interval), with
+    /// `rules` loaded.
+    pub async fn start(targets: &[Target], job: &str, every: &str, rules: &Path) -> Prometheus {
+        let bin = super::require_tool(
+            "prometheus",
+            "sudo apt-get install -y prometheus (or scripts/install-deps)",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_ports(1)[0];
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let statics: String = targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "      - targets: ['{}']\n        labels: {{pod: '{}', namespace: 'test'}}\n",
+                    t.addr, t.pod
+                )
+            })
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: {every}\n  evaluation_interval: {every}\n\
+             rule_files:\n  - {rules}\n\
+             scrape_configs:\n  - job_name: {job}\n    static_configs:\n{statics}",
+            rules = rules.display()
+        );
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("prometheus.log")).unwrap(),
+            ));
+        super::die_with_parent(&mut cmd);
+        let child = super::spawn_from_lasting_thread(cmd).expect("starting prometheus");
+        let p = Prometheus {
+            addr,
+            _dir: dir,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if super::http_get_opt(addr, "/-/ready").await.map(|r| r.0) == Some(200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready:\n{}",
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    async fn api(&self, path: &str) -> serde_json::Value {
+        // HTTP/1.0: the reply comes whole, never chunked.
+        let raw =
+            super::http_raw(self.addr, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await;
+        let (status, body) = super::parse_response(&raw);
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {status} {e}:\n{body}"));
+        assert_eq!(v["status"], "success", "{path}: {body}");
+        v["data"].clone()
+    }
+
+    /// The result vector of an instant query.
+    pub async fn query(&self, q: &str) -> Vec<serde_json::Value> {
+        let data = self
+            .api(&format!("/api/v1/query?query={}", encode(q)))
+            .await;
+        data["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Pending and firing alerts.
+    pub async fn alerts(&self) -> Vec<Alert> {
+        let data = self.api("/api/v1/alerts").await;
+        data["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| Alert {
+                name: a["labels"]["alertname"].as_str().unwrap_or("").to_string(),
+                state: a["state"].as_str().unwrap_or("").to_string(),
+                labels: a["labels"].as_object().cloned().unwrap_or_default(),
+                value: a["value"].as_str().unwrap_or("").to_string(),
+            })
+            .collect()
+    }
+
+    /// Every rule group's rules with their health; `Err` lists rules that failed to evaluate.
+    pub async fn rule_health(&self) -> Result<usize, String> {
+        let data = self.api("/api/v1/rules").await;
+        let mut n = 0;
+        let mut bad = vec![];
+        for g in data["groups"].as_array().cloned().unwrap_or_default() {
+            for r in g["rules"].as_array().cloned().unwrap_or_default() {
+                n += 1;
+                if r["health"] != "ok" && r["health"] != "unknown" {
+                    bad.push(format!("{}: {}", r["name"], r["lastError"]));
+                }
+            }
+        }
+        if bad.is_empty() {
+            Ok(n)
+        } else {
+            Err(bad.join("\n"))
+        }
+    }
+
+    /// Targets whose last scrape succeeded.
+    pub async fn targets_up(&self) -> usize {
+        let data = self.api("/api/v1/targets").await;
+        data["activeTargets"]
+            .as_array()
+            .map(|t| t.iter().filter(|t| t["health"] == "up").count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes a query parameter.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
