@@ -113,6 +113,16 @@ async fn app_readiness_gates_and_the_collector_never_does() {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    // The collector check is opt-in: the app's ConfigMap alone (OTEL_EXPORTER_OTLP_ENDPOINT)
+    // does not make every pod dial the collector.
+    let quiet = Sidecar::start(config(&env)).await;
+    wait_body(&quiet, "/readyz?verbose", 200, "[+]app ok\n").await;
+    let m = quiet.metrics().await;
+    assert!(!m.contains("check=\"otlp\""), "{m}");
+    assert!(!quiet.get("/readyz?verbose").await.1.contains("otlp"));
+    quiet.stop().await;
+    assert!(collector.seen.lock().unwrap().is_empty());
+    env.push(("PROBE_OTLP_CHECK".into(), "true".into()));
     let sidecar = Sidecar::start(config(&env)).await;
     wait_body(&sidecar, "/readyz?verbose", 200, "[+]app ok\n").await;
     let body = wait_body(&sidecar, "/readyz?verbose", 200, "[+]otlp ok\n").await;
@@ -187,6 +197,7 @@ async fn collector_down_and_grpc_collector() {
         "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
         format!("http://127.0.0.1:{down}"),
     ));
+    env.push(("PROBE_OTLP_CHECK".into(), "true".into()));
     let sidecar = Sidecar::start(config(&env)).await;
     let body = wait_body(&sidecar, "/readyz?verbose", 200, "[-]otlp failed: ").await;
     assert!(body.contains("(non-critical)"), "{body}");
@@ -209,6 +220,7 @@ async fn collector_down_and_grpc_collector() {
         "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
         format!("http://{}", grpc.addr),
     ));
+    env.push(("PROBE_OTLP_CHECK".into(), "true".into()));
     env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
     let sidecar = Sidecar::start(config(&env)).await;
     wait_body(&sidecar, "/readyz?verbose", 200, "[+]otlp ok\n").await;

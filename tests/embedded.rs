@@ -48,6 +48,7 @@ async fn embedded_example_exports_what_the_binary_exports() {
             ("PROBE_POOL_INTERVAL", "1s".to_string()),
             ("PROBE_INFO_INTERVAL", "1s".to_string()),
             // A collector that is not there: the check exists (and fails, never gating).
+            ("PROBE_OTLP_CHECK", "true".to_string()),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!("http://127.0.0.1:{closed_port}"),

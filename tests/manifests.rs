@@ -96,7 +96,7 @@ fn probe_paths_and_ports_are_what_the_binary_serves() {
         readiness.contains("path: /readyz") && readiness.contains(&format!("port: {default_port}")),
         "{readiness}"
     );
-    let monitor = read("k8s/monitoring/servicemonitor.yaml");
+    let monitor = read("k8s/monitoring/servicemonitor/servicemonitor.yaml");
     assert!(monitor.contains("path: /metrics") && monitor.contains("port: probe"));
     assert!(read("k8s/base/service.yaml").contains("name: probe"));
 }

@@ -144,7 +144,7 @@ keys! {
     REDIS_ADDRESS: Addresses = "redis.address", Required,
         "`host:port`; a comma-separated list of seed nodes is allowed. The configuration endpoint on ElastiCache.";
     REDIS_CLUSTER_MODE: Flag = "redis.cluster_mode", Value("true"),
-        "`false`: one standalone server (one address).";
+        "`false`: cluster mode disabled, one server (one address: the primary endpoint), which must say `role:master` in `INFO replication`.";
     REDIS_USERNAME: Text = "redis.username", Unset,
         "ACL user.";
     REDIS_PASSWORD: SecretText = "redis.password", Unset,
@@ -229,8 +229,8 @@ keys! {
         "`grpc`, `http/protobuf` or `http/json`.";
     OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: Text = "otlp.metrics_protocol", Unset,
         "Metrics-specific protocol (wins).";
-    PROBE_OTLP_CHECK: Flag = "otlp.check", Value("true"),
-        "`false` keeps the lint but skips the collector check.";
+    PROBE_OTLP_CHECK: Flag = "otlp.check", Value("false"),
+        "`true` also checks the collector with an empty export at the health-check interval (a new connection from every pod each time); the lint of the `OTEL_*` variables runs either way.";
     PROBE_LOG_FORMAT: Choice<LogFormat> = "log.format", Value("json"),
         "`json` or `text`.";
     PROBE_LOG_LEVEL: LogLevel = "log.level", Value("info"),

@@ -26,6 +26,7 @@ pub struct Alert {
     pub name: String,
     pub state: String,
     pub labels: serde_json::Map<String, serde_json::Value>,
+    pub annotations: serde_json::Map<String, serde_json::Value>,
     pub value: String,
 }
 
@@ -114,6 +115,45 @@ impl Prometheus {
         data["result"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Every series of `metric` from `start` to `end` (Unix seconds) at `step` seconds, each as
+    /// its label set (`{k="v",...}`, no name) and promtool's value notation (`_` where the
+    /// series has no sample).
+    pub async fn query_range(
+        &self,
+        metric: &str,
+        start: u64,
+        end: u64,
+        step: u64,
+    ) -> Vec<(String, String)> {
+        let data = self
+            .api(&format!(
+                "/api/v1/query_range?query={}&start={start}&end={end}&step={step}",
+                encode(metric)
+            ))
+            .await;
+        let mut out = vec![];
+        for series in data["result"].as_array().cloned().unwrap_or_default() {
+            let mut labels: Vec<String> = series["metric"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.as_str() != "__name__")
+                .map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or("")))
+                .collect();
+            labels.sort();
+            let mut at = std::collections::HashMap::new();
+            for v in series["values"].as_array().into_iter().flatten() {
+                let t = v[0].as_f64().unwrap_or(0.0).round() as u64;
+                at.insert(t, v[1].as_str().unwrap_or("_").to_string());
+            }
+            let values: Vec<String> = (0..=(end - start) / step)
+                .map(|k| at.get(&(start + k * step)).cloned().unwrap_or("_".into()))
+                .collect();
+            out.push((format!("{{{}}}", labels.join(",")), values.join(" ")));
+        }
+        out
+    }
+
     /// Pending and firing alerts.
     pub async fn alerts(&self) -> Vec<Alert> {
         let data = self.api("/api/v1/alerts").await;
@@ -126,6 +166,7 @@ impl Prometheus {
                 name: a["labels"]["alertname"].as_str().unwrap_or("").to_string(),
                 state: a["state"].as_str().unwrap_or("").to_string(),
                 labels: a["labels"].as_object().cloned().unwrap_or_default(),
+                annotations: a["annotations"].as_object().cloned().unwrap_or_default(),
                 value: a["value"].as_str().unwrap_or("").to_string(),
             })
             .collect()
