@@ -29,7 +29,15 @@ const STEP: u64 = 15;
 /// When each alert (by name and labels) was first seen pending, firing, and gone again.
 #[derive(Default)]
 struct Timeline {
-    seen: BTreeMap<String, (Option<u64>, Option<u64>, Option<u64>)>,
+    seen: BTreeMap<String, Seen>,
+}
+
+/// Seconds from the start of the run.
+#[derive(Default)]
+struct Seen {
+    pending: Option<u64>,
+    firing: Option<u64>,
+    resolved: Option<u64>,
 }
 
 impl Timeline {
@@ -37,20 +45,20 @@ impl Timeline {
         for a in alerts {
             let key = format!("{} {}", a.name, short_labels(a));
             let e = self.seen.entry(key).or_default();
-            e.2 = None;
-            if e.0.is_none() {
-                e.0 = Some(t);
+            e.resolved = None;
+            if e.pending.is_none() {
+                e.pending = Some(t);
             }
-            if a.state == "firing" && e.1.is_none() {
-                e.1 = Some(t);
+            if a.state == "firing" && e.firing.is_none() {
+                e.firing = Some(t);
             }
         }
         for (key, e) in self.seen.iter_mut() {
             let active = alerts
                 .iter()
                 .any(|a| &format!("{} {}", a.name, short_labels(a)) == key);
-            if !active && e.2.is_none() {
-                e.2 = Some(t);
+            if !active && e.resolved.is_none() {
+                e.resolved = Some(t);
             }
         }
     }
@@ -154,16 +162,16 @@ async fn main() {
     }
     println!("alerts during transient faults (0..{transient_end} s): {quiet:?}");
     println!("alert | pending after outage | firing after outage | resolved after recovery");
-    for (key, (p, f, r)) in &timeline.seen {
+    for (key, e) in &timeline.seen {
         let rel = |t: Option<u64>, base: u64| {
             t.map(|t| format!("{} s", t as i64 - base as i64))
                 .unwrap_or_else(|| "-".into())
         };
         println!(
             "{key} | {} | {} | {}",
-            rel(*p, outage_at),
-            rel(*f, outage_at),
-            rel(*r, recovery_at)
+            rel(e.pending, outage_at),
+            rel(e.firing, outage_at),
+            rel(e.resolved, recovery_at)
         );
     }
     if let Some(path) = record {
