@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod canary;
 pub mod certs;
 pub mod checks;
 pub mod config;
@@ -49,6 +50,7 @@ pub mod pool;
 pub mod probe;
 pub mod schedule;
 pub mod server;
+pub mod tcpstats;
 
 use std::sync::Arc;
 
@@ -113,6 +115,14 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
         let timeout = config.probe.attempt_timeout;
         let watcher = certs::watch(health.clone(), metrics.clone(), tls.clone(), timeout);
         tasks.spawn(watcher);
+    }
+    if let Some(max_idle) = config.observe.idle_canary {
+        match probe::Connector::new(&config.redis) {
+            Ok(c) => {
+                tasks.spawn(canary::watch(health.clone(), c, metrics.clone(), max_idle));
+            }
+            Err(e) => tracing::warn!(problem = %e, "idle canary not started"),
+        }
     }
     let side_checks = checks::spawn_all(config, &metrics, RandomJitter, &mut tasks);
     let state = AppState::new(health, metrics, config.probe.on_failure, side_checks);

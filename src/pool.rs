@@ -250,6 +250,10 @@ pub async fn watch(health: health::Rx, metrics: Arc<Metrics>, settings: Settings
             metrics.pool.record_counts(&per_node, ceiling);
             metrics.record_parse_errors(ParseSource::ProcNetTcp, bad_lines as u64);
         }
+        let resets = tokio::task::spawn_blocking(|| crate::tcpstats::read(Path::new("/proc/net")))
+            .await
+            .unwrap_or_default();
+        metrics.pool.record_tcp_resets(&resets);
         tokio::time::sleep(settings.interval).await;
     }
 }

@@ -211,6 +211,8 @@ keys! {
         "maxclients to assume when neither INFO nor `CONFIG GET` tells (ElastiCache disables CONFIG; its limit is 65,000).";
     PROBE_EXPECTED_SHARDS: Unsigned = "cluster.expected_shards", Unset,
         "Shards the cluster should have (what the infrastructure code declares); exported for drift alerts.";
+    PROBE_IDLE_CANARY: OffOrPositive = "cluster.idle_canary", Value("6m"),
+        "The longest idle the canary tests: per node one more connection, left idle and then PINGed, learns the idle age at which something on the path cuts connections (`redis_idle_cut_seconds`). 6 minutes covers AWS's 350 s idle timeouts (NLB, Network Firewall, Nitro v6 connection tracking); it costs one connection per node per pod and one PING per node per idle. `0` turns it off.";
     PROBE_POOL_INTERVAL: Positive = "pool.interval", Value("15s"),
         "How often the pod's sockets are counted from `/proc/net/tcp{,6}`. Each read makes the kernel walk its socket table (1-2 ms of kernel time per read on the machine measured here), so this is the sidecar's largest idle CPU cost.";
     PROBE_POOL_MAX_CONNS: Unsigned = "pool.max_conns", Implied("computed"),

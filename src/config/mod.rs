@@ -230,6 +230,8 @@ pub struct ObserveConfig {
     /// How often INFO and CLUSTER INFO are read (slower than PING: they are bigger replies).
     /// `None`: the server-side view is off.
     pub info_interval: Option<Duration>,
+    /// The longest idle the canary tests; `None`: no canary.
+    pub idle_canary: Option<Duration>,
     /// maxclients to assume when the server does not tell (ElastiCache disables CONFIG).
     pub maxclients: u64,
     /// Shards the cluster should have, for drift alerts.

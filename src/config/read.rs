@@ -205,8 +205,10 @@ fn observe(r: &mut Reader<'_>) -> Option<ObserveConfig> {
     let expected_shards = r.get(PROBE_EXPECTED_SHARDS);
     let pool_interval = r.get(PROBE_POOL_INTERVAL);
     let pool_max_conns = r.get(PROBE_POOL_MAX_CONNS);
+    let idle_canary = r.get(PROBE_IDLE_CANARY);
     Some(ObserveConfig {
         info_interval: info_interval?,
+        idle_canary: idle_canary?,
         maxclients: u64::from(maxclients?),
         expected_shards,
         pool_interval: pool_interval?,

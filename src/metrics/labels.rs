@@ -60,3 +60,9 @@ pub struct VersionLabel {
     pub version: &'static str,
     pub revision: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeResultLabels {
+    pub node: String,
+    pub result: &'static str,
+}

@@ -10,6 +10,7 @@
 //! | [`PoolMetrics`] | `redis_pool_*` | the pool watcher |
 //! | [`CheckMetrics`] | `redis_probe_check_up`, `redis_probe_check_failures` | the checks beside Redis |
 //! | [`TlsMetrics`] | `redis_tls_cert_expiry_timestamp_seconds` | the certificate watcher |
+//! | [`CanaryMetrics`] | `redis_idle_cut_seconds`, `redis_idle_canary_total` | the idle canary |
 //! | [`Metrics`] itself | `redis_probe_ready`, `redis_probe_build_info`, `redis_probe_parse_errors`, `redis_probe_config_warning` | the server (ready, on scrape), the INFO and /proc parsers, start-up |
 //!
 //! Every label value known in advance (each failure reason, each breaker state and transition,
@@ -17,6 +18,7 @@
 //! missing series. Per-node series leave with their node.
 
 mod breaker;
+mod canary;
 mod checks;
 mod health;
 pub mod labels;
@@ -34,6 +36,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use self::breaker::BreakerMetrics;
+pub use self::canary::CanaryMetrics;
 pub use self::checks::CheckMetrics;
 pub use self::health::HealthMetrics;
 use self::labels::{KindLabel, NodeLabel, SourceLabel, VersionLabel};
@@ -93,6 +96,7 @@ pub struct Metrics {
     pub pool: PoolMetrics,
     pub checks: CheckMetrics,
     pub tls: TlsMetrics,
+    pub canary: CanaryMetrics,
     ready: Gauge,
     parse_errors: Family<SourceLabel, Counter>,
     config_warning: Family<KindLabel, Gauge>,
@@ -115,6 +119,7 @@ impl Metrics {
         let tls = TlsMetrics::register(&mut registry, opts.client_cert);
         let pool = PoolMetrics::register(&mut registry, opts.pool, opts.pool_ceiling);
         let checks = CheckMetrics::register(&mut registry);
+        let canary = CanaryMetrics::register(&mut registry);
         let m = Metrics {
             ready: Gauge::default(),
             parse_errors: Family::default(),
@@ -127,6 +132,7 @@ impl Metrics {
             pool,
             checks,
             tls,
+            canary,
         };
         m.register_sidecar()
     }

@@ -1,11 +1,14 @@
 //! The pod's connections to the cluster, counted from `/proc/net/tcp`, and its ceiling.
 
+use std::sync::atomic::Ordering;
+
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::NodeSeries;
-use super::labels::NodeLabel;
+use super::labels::{KindLabel, NodeLabel};
 
 /// The pod's ceiling: in all, and per node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +23,7 @@ pub struct PoolMetrics {
     pool_node_conns: Family<NodeLabel, Gauge>,
     pool_max_conns: Gauge,
     pool_max_conns_per_node: Gauge,
+    pod_tcp_resets: Family<KindLabel, Counter>,
     nodes: NodeSeries,
 }
 
@@ -41,6 +45,11 @@ impl PoolMetrics {
                 "pool_node_conns",
                 "The pod's established connections to each node",
                 m.pool_node_conns.clone(),
+            );
+            r.register(
+                "pod_tcp_resets",
+                "The pod network namespace's TCP resets and aborts, by kind (/proc/net/snmp EstabResets, OutRsts; /proc/net/netstat TCPAbortOn*): the app's connections included",
+                m.pod_tcp_resets.clone(),
             );
         }
         if ceiling {
@@ -74,6 +83,14 @@ impl PoolMetrics {
         if let Some(c) = ceiling {
             self.pool_max_conns.set(c.pod as i64);
             self.pool_max_conns_per_node.set(c.per_node as i64);
+        }
+    }
+
+    /// The namespace's reset counters, as the kernel's totals.
+    pub fn record_tcp_resets(&self, counters: &[(&'static str, u64)]) {
+        for (kind, v) in counters {
+            let c = self.pod_tcp_resets.get_or_create(&KindLabel { kind });
+            c.inner().store(*v, Ordering::Relaxed);
         }
     }
 }

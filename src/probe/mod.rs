@@ -167,6 +167,18 @@ struct Settings {
 }
 
 impl Settings {
+    fn from_config(config: &RedisConfig) -> Self {
+        Settings {
+            cluster_mode: config.cluster_mode,
+            seeds: config.addresses.clone(),
+            username: config.username.clone(),
+            password: config.password.clone(),
+            tls: config.tls.clone(),
+            dial_timeout: config.dial_timeout,
+            read_timeout: config.read_timeout,
+        }
+    }
+
     fn dialer(&self) -> Result<Dialer, String> {
         Dialer::new(self.tls.as_ref(), self.dial_timeout, self.read_timeout)
     }
@@ -205,6 +217,48 @@ pub struct RedisProbe {
     commands: AtomicU32,
 }
 
+/// Opens connections to nodes with the probe's settings (TLS, user, password), for tasks beside
+/// the health loop (the idle canary). The password file, when configured, is read at each dial.
+pub struct Connector {
+    settings: Settings,
+    dialer: Dialer,
+}
+
+impl Connector {
+    pub fn new(config: &RedisConfig) -> Result<Self, String> {
+        tls::install_crypto_provider();
+        let settings = Settings::from_config(config);
+        Ok(Connector {
+            dialer: settings.dialer()?,
+            settings,
+        })
+    }
+
+    /// A new connection to `addr`, authenticated, or why not.
+    pub async fn connect(&self, addr: &HostPort) -> Result<MultiplexedConnection, Reason> {
+        let password = match &self.settings.password {
+            PasswordSource::None => None,
+            PasswordSource::Inline(s) => Some(s.clone()),
+            PasswordSource::File(p) => read_password_file(p).ok(),
+        };
+        let login = login(&self.settings, password.as_ref());
+        self.dialer.dial(addr, &login).await.map_err(|f| f.reason)
+    }
+}
+
+/// The set-up redis-rs sends on a new connection: the user, the password, the library name.
+fn login(s: &Settings, password: Option<&Secret>) -> RedisConnectionInfo {
+    let mut redis =
+        RedisConnectionInfo::default().set_lib_name("redis-probe", env!("CARGO_PKG_VERSION"));
+    if let Some(u) = &s.username {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = password {
+        redis = redis.set_password(p.expose());
+    }
+    redis
+}
+
 /// One node's PING: the report, the connection when it worked, the detail when it did not.
 struct Pinged {
     report: NodeReport,
@@ -237,15 +291,7 @@ impl RedisProbe {
             })
             .filter_map(|(part, path)| Some((part, Watched::new(path.as_ref()?))))
             .collect();
-        let settings = Settings {
-            cluster_mode: config.cluster_mode,
-            seeds: config.addresses.clone(),
-            username: config.username.clone(),
-            password: config.password.clone(),
-            tls: config.tls.clone(),
-            dial_timeout: config.dial_timeout,
-            read_timeout: config.read_timeout,
-        };
+        let settings = Settings::from_config(config);
         let dialer = settings.dialer().map_err(std::io::Error::other)?;
         Ok(RedisProbe {
             password_file,
@@ -279,15 +325,7 @@ impl RedisProbe {
     /// The set-up redis-rs sends on a new connection: the user, the password in use, the
     /// library name.
     fn login(&self) -> RedisConnectionInfo {
-        let mut redis =
-            RedisConnectionInfo::default().set_lib_name("redis-probe", env!("CARGO_PKG_VERSION"));
-        if let Some(u) = &self.settings.username {
-            redis = redis.set_username(u);
-        }
-        if let Some(p) = &self.password {
-            redis = redis.set_password(p.expose());
-        }
-        redis
+        login(&self.settings, self.password.as_ref())
     }
 
     /// The node's connection, made if needed; bounded by `deadline`.

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod prometheus;
 pub mod proxy;
 
@@ -218,6 +219,9 @@ pub struct Options {
     pub engine: Engine,
     /// Standalone only: a replica of the server, and the endpoint in front of the primary.
     pub replica: bool,
+    /// The nodes run in this network namespace (a [`netns::Lab`]'s `srv`), on
+    /// [`netns::SRV_IP`].
+    pub netns: Option<&'static str>,
 }
 
 /// What the deployment looks like from a client.
@@ -268,6 +272,7 @@ impl Default for Options {
             shape: Shape::Lab,
             engine: Engine::Redis7,
             replica: false,
+            netns: None,
         }
     }
 }
@@ -308,6 +313,9 @@ pub struct Cluster {
     pub endpoint: Option<proxy::ResetProxy>,
     pub shape: Shape,
     pub engine: Engine,
+    netns: Option<&'static str>,
+    /// The address the nodes listen on and redis-cli reaches them at.
+    bind_ip: &'static str,
     redis_server: PathBuf,
     redis_cli: PathBuf,
 }
@@ -385,10 +393,15 @@ impl Cluster {
                 .map(|c| (c[0], c[1]))
                 .collect(),
         };
+        let bind_ip = if opts.netns.is_some() {
+            netns::SRV_IP
+        } else {
+            "127.0.0.1"
+        };
         let host = if opts.shape == Shape::ElastiCache {
             "localhost"
         } else {
-            "127.0.0.1"
+            bind_ip
         };
         let mut c = Cluster {
             dir,
@@ -402,6 +415,8 @@ impl Cluster {
             endpoint: None,
             shape: opts.shape,
             engine: opts.engine,
+            netns: opts.netns,
+            bind_ip,
             redis_server,
             redis_cli,
         };
@@ -440,7 +455,7 @@ impl Cluster {
             let addrs: Vec<String> = c
                 .nodes
                 .iter()
-                .map(|n| format!("127.0.0.1:{}", n.public_port))
+                .map(|n| format!("{bind_ip}:{}", n.public_port))
                 .collect();
             let mut args: Vec<&str> = vec!["--cluster", "create"];
             args.extend(addrs.iter().map(String::as_str));
@@ -480,10 +495,11 @@ impl Cluster {
     fn write_conf(&self, i: usize, cluster: bool) {
         let n = &self.nodes[i];
         let mut conf = format!(
-            "bind 127.0.0.1\nrequirepass {pw}\nmasterauth {pw}\ndir {dir}\n\
+            "bind {bind}\nrequirepass {pw}\nmasterauth {pw}\ndir {dir}\n\
              save \"\"\nappendonly no\nloglevel notice\nlogfile {dir}/redis.log\n",
             pw = self.password,
             dir = n.dir.display(),
+            bind = self.bind_ip,
         );
         match self.engine {
             Engine::Redis7 => conf.push_str(&format!(
@@ -508,7 +524,10 @@ impl Cluster {
             )),
         }
         if i > 0 && !cluster && self.nodes.len() > 1 {
-            conf.push_str(&format!("replicaof 127.0.0.1 {}\n", self.nodes[0].port));
+            conf.push_str(&format!(
+                "replicaof {} {}\n",
+                self.bind_ip, self.nodes[0].port
+            ));
         }
         if cluster {
             conf.push_str(
@@ -535,15 +554,14 @@ impl Cluster {
 
     /// Starts (or restarts) node `i` with its existing config and cluster state.
     pub fn start_node(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        assert!(n.child.is_none(), "node {i} is already running");
-        let mut cmd = Command::new(&self.redis_server);
-        cmd.arg(n.dir.join("redis.conf"))
+        assert!(self.nodes[i].child.is_none(), "node {i} is already running");
+        let mut cmd = self.in_netns(&self.redis_server);
+        cmd.arg(self.nodes[i].dir.join("redis.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         die_with_parent(&mut cmd);
-        n.child = Some(spawn_from_lasting_thread(cmd).expect("starting redis-server"));
+        self.nodes[i].child = Some(spawn_from_lasting_thread(cmd).expect("starting redis-server"));
     }
 
     /// Kills every node: a full outage.
@@ -587,7 +605,7 @@ impl Cluster {
     /// output (`MONITOR`).
     pub fn cli_command(&self, i: usize, args: &[&str]) -> Command {
         let port = self.nodes[i].port.to_string();
-        let mut cmd = Command::new(&self.redis_cli);
+        let mut cmd = self.in_netns(&self.redis_cli);
         if self.engine == Engine::Redis7 {
             cmd.args(["--tls", "--cacert"])
                 .arg(&self.pki.ca)
@@ -598,7 +616,7 @@ impl Cluster {
         }
         cmd.args([
             "-h",
-            "127.0.0.1",
+            self.bind_ip,
             "-p",
             &port,
             "--no-auth-warning",
@@ -611,6 +629,18 @@ impl Cluster {
         }
         cmd.args(args);
         cmd
+    }
+
+    /// `program`, run in the nodes' network namespace when they have one.
+    fn in_netns(&self, program: &Path) -> Command {
+        match self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
     }
 
     /// Runs `args` on every running node (ACL rules and passwords are per node).
@@ -794,6 +824,9 @@ pub fn fast_timings() -> Vec<(String, String)> {
         ("PROBE_OPEN_DURATION_MAX", "2s"),
         ("REDIS_DIAL_TIMEOUT", "500ms"),
         ("REDIS_READ_TIMEOUT", "500ms"),
+        // Tests that count connections count the health loop's; the canary's own tests turn
+        // it on.
+        ("PROBE_IDLE_CANARY", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -900,6 +933,8 @@ pub struct Sidecar {
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// Set when the sidecar is the real binary in a child process.
     child: Option<Child>,
+    /// The network namespace it runs in ([`netns::Lab`]'s pod), when not this one.
+    netns: Option<String>,
     logs: std::sync::Arc<Mutex<String>>,
 }
 
@@ -919,6 +954,7 @@ impl Sidecar {
             shutdown: Some(tx),
             task: Some(task),
             child: None,
+            netns: None,
             logs: Default::default(),
         }
     }
@@ -932,9 +968,36 @@ impl Sidecar {
     /// Runs the program at `bin` with exactly `env`, plus a free loopback address in the
     /// variable `listen_var`, collecting what it prints.
     pub async fn spawn_program(bin: &str, env: &[(String, String)], listen_var: &str) -> Sidecar {
+        Self::spawn_in(None, bin, env, listen_var).await
+    }
+
+    /// As [`Sidecar::spawn_binary`], inside the lab's pod namespace `ns`, listening on the
+    /// pod's address.
+    pub async fn spawn_binary_in(ns: &str, bin: &str, env: &[(String, String)]) -> Sidecar {
+        Self::spawn_in(Some(ns), bin, env, "PROBE_LISTEN").await
+    }
+
+    async fn spawn_in(
+        ns: Option<&str>,
+        bin: &str,
+        env: &[(String, String)],
+        listen_var: &str,
+    ) -> Sidecar {
         let port = free_ports(1)[0];
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut cmd = Command::new(bin);
+        let ip = if ns.is_some() {
+            netns::POD_IP
+        } else {
+            "127.0.0.1"
+        };
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.env_clear()
             .envs(env.iter().filter(|(k, _)| k != listen_var).cloned())
             .env(listen_var, addr.to_string())
@@ -968,7 +1031,11 @@ impl Sidecar {
             });
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
+        let reach = |addr| match ns {
+            Some(ns) => netns::connect_in(ns, addr),
+            None => std::net::TcpStream::connect(addr),
+        };
+        while reach(addr).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "{bin} did not listen:\n{}",
@@ -981,6 +1048,7 @@ impl Sidecar {
             shutdown: None,
             task: None,
             child: Some(child),
+            netns: ns.map(str::to_string),
             logs,
         }
     }
@@ -996,7 +1064,21 @@ impl Sidecar {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.addr, path).await
+        match &self.netns {
+            None => http_get(self.addr, path).await,
+            Some(ns) => {
+                let std = netns::connect_in(ns, self.addr).expect("reaching the sidecar");
+                std.set_nonblocking(true).unwrap();
+                let mut s = tokio::net::TcpStream::from_std(std).unwrap();
+                let req =
+                    format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut buf = vec![];
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+                parse_response(&String::from_utf8_lossy(&buf))
+            }
+        }
     }
 
     /// Waits until `GET path` answers `status`, at most `limit`; returns how long it took and

@@ -1,0 +1,223 @@
+//! The network lab (`support::netns`): the sidecar and an app stand-in in a pod namespace, the
+//! nodes behind a router namespace that makes real network faults.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::netns::Lab;
+use support::{Cluster, Options, Sidecar, sample, with_vars};
+
+const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
+
+async fn lab_cluster(lab: &Lab) -> Cluster {
+    let srv: &'static str = Box::leak(lab.srv.clone().into_boxed_str());
+    tokio::task::spawn_blocking(move || {
+        Cluster::start(Options {
+            netns: Some(srv),
+            ..Options::default()
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// The sidecar's settings in the lab: the nodes' certificates name `localhost`.
+fn lab_env(cluster: &Cluster, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let env = with_vars(
+        cluster.connection_env(),
+        &[("REDIS_TLS_SERVER_NAME", "localhost")],
+    );
+    with_vars(env, extra)
+}
+
+/// Polls `/readyz` until `done` holds on the metrics, failing if readiness ever flips.
+async fn ready_until(sidecar: &Sidecar, limit: Duration, what: &str, done: impl Fn(&str) -> bool) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = sidecar.get("/readyz?verbose").await;
+        assert_eq!(
+            status,
+            200,
+            "readiness flipped after {:?}:\n{body}",
+            start.elapsed()
+        );
+        let m = sidecar.metrics().await;
+        if done(&m) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what} not seen in {limit:?}:\n{m}\n{}",
+            sidecar.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A middlebox forgets flows idle for over 4 s and resets their next packet. The canary learns
+/// the cut age; the app stand-in (redis-py's cluster client) left idle past it meets "connection
+/// reset by peer" on its next command (in redis-py's TLS wording, "Connection closed by
+/// server"), and the pod's reset counters rise; readiness never flips
+/// (the health loop's connections carry a PING every second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cut_is_learned_and_the_app_meets_it() {
+    let lab = Lab::new();
+    let cluster = lab_cluster(&lab).await;
+    lab.idle_cut(4);
+    let env = lab_env(
+        &cluster,
+        &[
+            ("PROBE_INTERVAL", "1s"),
+            ("PROBE_IDLE_CANARY", "10s"),
+            ("PROBE_POOL_INTERVAL", "1s"),
+        ],
+    );
+    let sidecar = Sidecar::spawn_binary_in(&lab.pod, BIN, &env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+
+    // The app: pools filled, idle for 6 s, used again.
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "no {} (run scripts/install-deps)",
+        python.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/idle_pool.py");
+    let resets_before = sample(
+        &sidecar.metrics().await,
+        "redis_pod_tcp_resets_total{kind=\"estab_resets\"}",
+    );
+    let mut app = lab.command(&lab.pod, &python);
+    app.arg(&script)
+        .args([
+            support::netns::SRV_IP,
+            &cluster.nodes[0].port.to_string(),
+            &cluster.password,
+        ])
+        .arg(&cluster.pki.ca)
+        .arg("6");
+    let app = tokio::task::spawn_blocking(move || app.output().unwrap());
+
+    ready_until(
+        &sidecar,
+        Duration::from_secs(120),
+        "a learned idle cut",
+        |m| {
+            m.contains("result=\"survived\"")
+                && m.lines().any(|l| {
+                    l.starts_with("redis_idle_cut_seconds{")
+                        && l.rsplit(' ')
+                            .next()
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .is_some_and(|v| (4.0..=6.5).contains(&v))
+                })
+        },
+    )
+    .await;
+    let out = app.await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Over TLS, redis-py words the reset as "Connection closed by server" (plain text:
+    // "Connection reset by peer"); the kernel's reset counter below says which it was.
+    let met = said.to_lowercase();
+    assert!(
+        said.contains("error ConnectionError")
+            && (met.contains("reset by peer") || met.contains("closed by server")),
+        "the app did not meet the reset:\n{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = sidecar.metrics().await;
+    assert!(
+        m.contains("result=\"cut\"") && m.contains("result=\"survived\""),
+        "{m}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = sample(
+            &sidecar.metrics().await,
+            "redis_pod_tcp_resets_total{kind=\"estab_resets\"}",
+        );
+        if now > resets_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod resets did not rise: {resets_before:?} -> {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let logs = sidecar.logs();
+    assert!(
+        logs.contains("an idle connection to the node was cut"),
+        "{logs}"
+    );
+    assert!(!logs.contains("circuit breaker opened"), "{logs}");
+    sidecar.stop().await;
+}
+
+/// Packets to one primary vanish (a black hole): its attempts time out (`timeout`, never
+/// `connection_refused`), and with the node alive to the rest of the cluster there is no
+/// failover, so the pod turns unready after the failure threshold and ready again when the
+/// path comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_is_a_timeout() {
+    let lab = Lab::new();
+    let cluster = lab_cluster(&lab).await;
+    let env = lab_env(
+        &cluster,
+        &[("PROBE_INTERVAL", "1s"), ("PROBE_IDLE_CANARY", "0")],
+    );
+    let sidecar = Sidecar::spawn_binary_in(&lab.pod, BIN, &env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let primary = cluster.primaries()[0];
+    lab.black_hole(cluster.nodes[primary].port);
+    let (took, body) = sidecar
+        .wait_status("/readyz?verbose", 503, Duration::from_secs(60))
+        .await;
+    assert!(body.contains("timeout"), "{body}");
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            "redis_health_check_attempt_failures_total{reason=\"connection_refused\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    // 3 failed checks of 3 attempts, each bounded by the 2 s attempt timeout, plus backoff.
+    assert!(took >= Duration::from_secs(6), "{took:?}");
+    lab.clear();
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(60))
+        .await;
+    sidecar.stop().await;
+}
+
+/// 5 % of packets lost each way (nftables `numgen random`), at the default timings: TCP
+/// retransmits within the attempt timeout and readiness holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packet_loss_does_not_flip_readiness() {
+    let lab = Lab::new();
+    let cluster = lab_cluster(&lab).await;
+    let env = lab_env(&cluster, &[("PROBE_IDLE_CANARY", "0")]);
+    let sidecar = Sidecar::spawn_binary_in(&lab.pod, BIN, &env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    lab.loss(5);
+    let checks = |m: &str| sample(m, "redis_health_checks_total").unwrap_or(0.0);
+    let start = checks(&sidecar.metrics().await);
+    ready_until(
+        &sidecar,
+        Duration::from_secs(90),
+        "8 checks under loss",
+        |m| checks(m) >= start + 8.0,
+    )
+    .await;
+    sidecar.stop().await;
+}
