@@ -175,6 +175,10 @@ keys! {
         "The app's setting; validated, not used.";
     REDIS_MAX_CONN_AGE: App<Span> = "redis.max_conn_age", Unset,
         "The app's setting; validated, not used.";
+    REDIS_CONN_MAX_IDLE_TIME: App<Span> = "redis.conn_max_idle_time", Unset,
+        "The app's go-redis v9 `ConnMaxIdleTime` (its default: 30m). `diagnose` compares it with the idle cut the canary measured.";
+    REDIS_IDLE_TIMEOUT: App<Span> = "redis.idle_timeout", Unset,
+        "The app's go-redis v8 `IdleTimeout` (its default: 5m), compared the same way when `REDIS_CONN_MAX_IDLE_TIME` is not set.";
     REDIS_ROUTE_BY_LATENCY: App<Flag> = "redis.route_by_latency", Value("false"),
         "The app's setting: when true the app also connects to replicas, so the ceiling counts every node.";
     REDIS_READ_ONLY: App<Flag> = "redis.read_only", Value("false"),

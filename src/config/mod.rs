@@ -173,6 +173,8 @@ pub struct AppPool {
     pub timeout: Option<Duration>,
     pub min_idle_conns: Option<u32>,
     pub max_conn_age: Option<Duration>,
+    /// How long the app keeps an idle pooled connection, and the key that said so.
+    pub idle_time: Option<(&'static str, Duration)>,
     pub route_by_latency: bool,
     pub read_only: bool,
 }

@@ -158,6 +158,11 @@ fn app_pool(r: &mut Reader<'_>) -> AppPool {
         timeout: r.get(REDIS_POOL_TIMEOUT),
         min_idle_conns: r.get(REDIS_MIN_IDLE_CONNS),
         max_conn_age: r.get(REDIS_MAX_CONN_AGE),
+        idle_time: match (r.get(REDIS_CONN_MAX_IDLE_TIME), r.get(REDIS_IDLE_TIMEOUT)) {
+            (Some(d), _) => Some(("REDIS_CONN_MAX_IDLE_TIME", d)),
+            (None, Some(d)) => Some(("REDIS_IDLE_TIMEOUT", d)),
+            (None, None) => None,
+        },
         route_by_latency: r.get(REDIS_ROUTE_BY_LATENCY).unwrap_or(false),
         read_only: r.get(REDIS_READ_ONLY).unwrap_or(false),
     }

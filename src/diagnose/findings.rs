@@ -65,6 +65,8 @@ pub enum Code {
     ClientsNearMax,
     /// The fleet's pools may open more connections to one node than its maxclients.
     CeilingAboveMaxclients,
+    /// The app keeps idle connections longer than the path lets them live.
+    IdleAboveCut,
     /// The attempt timeout is longer than the kubelet's probe timeout.
     AttemptAboveProbeTimeout,
     /// The read timeout is less than 10x the worst healthy PING p99.
@@ -83,7 +85,7 @@ impl Code {
             | TlsUnverified | CertExpiring => Section::Reachability,
             SlotsUncovered | ClusterState | ShardDrift | TopologyTruncated => Section::Topology,
             SlowNode => Section::Latency,
-            ClientsNearMax | CeilingAboveMaxclients => Section::Connections,
+            ClientsNearMax | CeilingAboveMaxclients | IdleAboveCut => Section::Connections,
             AttemptAboveProbeTimeout | ReadTimeoutTight => Section::Timeouts,
             OtlpSetting | OtlpUnreachable => Section::Otlp,
         }
@@ -108,6 +110,7 @@ impl Code {
             SlowNode => "slow_node",
             ClientsNearMax => "clients_near_max",
             CeilingAboveMaxclients => "ceiling_above_maxclients",
+            IdleAboveCut => "idle_above_cut",
             AttemptAboveProbeTimeout => "attempt_above_probe_timeout",
             ReadTimeoutTight => "read_timeout_tight",
             OtlpSetting => "otlp_setting",

@@ -243,6 +243,7 @@ async fn connections(
     let this_pod: Option<BTreeMap<String, u64>> = pool::pod_connections(&addrs)
         .await
         .map(|(per_node, _)| per_node.into_iter().collect());
+    let cuts = idle_cuts(config.listen.port()).await;
     let mut c = Connections::default();
     for n in &info.nodes {
         let node = n.addr.to_string();
@@ -255,12 +256,14 @@ async fn connections(
         }
         c.nodes.push(NodeConnections {
             this_pod: this_pod.as_ref().and_then(|p| p.get(&node).copied()),
+            idle_cut_seconds: cuts.get(&node).copied(),
             connected_clients: n.info.connected_clients,
             maxclients,
             node,
         });
     }
     let app = &config.redis.app_pool;
+    idle_finding(app.idle_time, &cuts, f);
     let primaries = reached.iter().filter(|n| n.role == Role::Primary).count();
     let used = pool::nodes_used(
         primaries as u64,
@@ -287,6 +290,65 @@ async fn connections(
         }
     }
     c
+}
+
+/// The idle cuts the sidecar running in this pod has learned (`redis_idle_cut_seconds` on its
+/// `/metrics`, on loopback at its listen port); empty when none answers there.
+async fn idle_cuts(port: u16) -> BTreeMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    let body = tokio::time::timeout(Duration::from_secs(1), read)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("redis_idle_cut_seconds{node=\"")?;
+            let (node, value) = rest.split_once("\"} ")?;
+            Some((node.to_string(), value.split(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// go-redis v9 keeps an idle connection 30 minutes unless told otherwise.
+const GO_REDIS_IDLE_DEFAULT: Duration = Duration::from_secs(30 * 60);
+
+fn idle_finding(
+    idle: Option<(&'static str, Duration)>,
+    cuts: &BTreeMap<String, f64>,
+    f: &mut Findings,
+) {
+    let Some((node, cut)) = cuts
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(n, c)| (n, *c))
+    else {
+        return;
+    };
+    let (setting, idle) = match idle {
+        Some((key, d)) => (format!("{key}={}", humantime::format_duration(d)), d),
+        None => (
+            "the app's idle time (not set: go-redis v9's default 30m)".to_string(),
+            GO_REDIS_IDLE_DEFAULT,
+        ),
+    };
+    if idle.as_secs_f64() > cut {
+        f.add(
+            Code::IdleAboveCut,
+            format!(
+                "{setting} is longer than the idle cut measured to {node} ({cut:.0} s): pooled connections idle past it meet \"connection reset by peer\"; set the app's idle time below {cut:.0} s"
+            ),
+        );
+    }
 }
 
 /// The configured timeouts against what was measured and what the kubelet allows.

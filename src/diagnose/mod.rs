@@ -158,6 +158,8 @@ pub struct NodeConnections {
     pub maxclients: u64,
     /// This pod's established connections to the node (the sidecar's own excluded).
     pub this_pod: Option<u64>,
+    /// The idle age at which the running sidecar's canary saw connections to the node cut.
+    pub idle_cut_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]

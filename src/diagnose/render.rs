@@ -111,15 +111,19 @@ fn write_latency(o: &mut String, r: &Report) -> fmt::Result {
 fn write_connections(o: &mut String, c: &Connections) -> fmt::Result {
     writeln!(o, "\n== Connections")?;
     let unknown = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
-    let (node, clients, max, pod) = ("node", "clients", "maxclients", "this pod");
-    writeln!(o, "  {node:<22} {clients:>10} {max:>11} {pod:>9}")?;
+    let (node, clients, max, cut, pod) = ("node", "clients", "maxclients", "idle cut", "this pod");
+    writeln!(o, "  {node:<22} {clients:>10} {max:>11} {cut:>9} {pod:>9}")?;
     for n in &c.nodes {
+        let cut = n
+            .idle_cut_seconds
+            .map_or("-".into(), |s| format!("{s:.0} s"));
         writeln!(
             o,
-            "  {:<22} {:>10} {:>11} {:>9}",
+            "  {:<22} {:>10} {:>11} {:>9} {:>9}",
             n.node,
             unknown(n.connected_clients),
             n.maxclients,
+            cut,
             unknown(n.this_pod)
         )?;
     }

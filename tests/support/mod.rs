@@ -1000,7 +1000,14 @@ impl Sidecar {
         };
         cmd.env_clear()
             .envs(env.iter().filter(|(k, _)| k != listen_var).cloned())
-            .env(listen_var, addr.to_string())
+            // In the lab, every address of the pod (its loopback too, as in a real pod).
+            .env(
+                listen_var,
+                match ns {
+                    Some(_) => format!("0.0.0.0:{port}"),
+                    None => addr.to_string(),
+                },
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
