@@ -8,7 +8,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    Cluster, Options, PROBE_ACL, PROBE_USER, Sidecar, ready_until, role_series, sample, with_vars,
+    Cluster, Options, PROBE_ACL, PROBE_USER, Sidecar, ready_until, role_series, roles_swapped,
+    sample, wait_reason, with_vars,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
@@ -17,25 +18,6 @@ async fn start() -> Cluster {
     tokio::task::spawn_blocking(|| Cluster::start(Options::elasticache()))
         .await
         .unwrap()
-}
-
-/// Waits until `/readyz?verbose` names `reason`.
-async fn wait_reason(sidecar: &Sidecar, reason: &str, limit: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let (status, body) = sidecar.get("/readyz?verbose").await;
-        let named = |end: &str| body.contains(&format!("[-]redis failed: {reason}{end}"));
-        if named("\n") || named(" (") {
-            assert_eq!(status, 503);
-            return body;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "reason {reason} never shown in {limit:?}:\n{body}\n{}",
-            sidecar.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn ready(sidecar: &Sidecar) {
@@ -68,17 +50,12 @@ async fn core_behaviours_in_the_elasticache_shape() {
     );
 
     // Planned failover, from the harness's admin connection.
-    let primary = cluster.primaries()[0];
-    let replica = cluster.replica_of(primary);
-    assert!(
-        cluster
-            .cli(replica, &["CLUSTER", "FAILOVER"])
-            .contains("OK")
-    );
-    ready_until(&sidecar, Duration::from_secs(20), |m| {
-        sample(m, &role_series(&cluster, replica, "primary")) == Some(1.0)
-            && sample(m, &role_series(&cluster, primary, "replica")) == Some(1.0)
-    })
+    let (primary, replica) = cluster.fail_over();
+    ready_until(
+        &sidecar,
+        Duration::from_secs(20),
+        roles_swapped(&cluster, primary, replica),
+    )
     .await;
 
     // A killed primary: its replica takes over and the sidecar follows.
@@ -186,16 +163,12 @@ async fn least_privilege_users() {
         "one line naming the command:\n{logs}"
     );
     assert!(!logs.contains("[-]redis failed"));
-    let primary = cluster.primaries()[0];
-    let replica = cluster.replica_of(primary);
-    assert!(
-        cluster
-            .cli(replica, &["CLUSTER", "FAILOVER"])
-            .contains("OK")
-    );
-    ready_until(&sidecar, Duration::from_secs(20), |m| {
-        sample(m, &role_series(&cluster, replica, "primary")) == Some(1.0)
-    })
+    let (primary, replica) = cluster.fail_over();
+    ready_until(
+        &sidecar,
+        Duration::from_secs(20),
+        roles_swapped(&cluster, primary, replica),
+    )
     .await;
     if let Some(before) = dials {
         let after = sample(

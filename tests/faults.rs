@@ -5,7 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Cluster, Options, Sidecar, config, ready_until, role_series, sample, with_vars};
+use support::{
+    Cluster, Options, Sidecar, config, ready_until, role_series, roles_swapped, sample, with_vars,
+};
 
 /// Polls `/readyz` every 20 ms for `hold`, failing if it ever answers anything but 200.
 async fn stays_ready(sidecar: &Sidecar, hold: Duration) -> usize {
@@ -271,17 +273,12 @@ async fn planned_failover_is_followed() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
-    let primary = cluster.primaries()[0];
-    let replica = cluster.replica_of(primary);
-    assert!(
-        cluster
-            .cli(replica, &["CLUSTER", "FAILOVER"])
-            .contains("OK")
-    );
-    ready_until(&sidecar, Duration::from_secs(20), |m| {
-        sample(m, &role_series(&cluster, replica, "primary")) == Some(1.0)
-            && sample(m, &role_series(&cluster, primary, "replica")) == Some(1.0)
-    })
+    let (primary, replica) = cluster.fail_over();
+    ready_until(
+        &sidecar,
+        Duration::from_secs(20),
+        roles_swapped(&cluster, primary, replica),
+    )
     .await;
     let m = sidecar.metrics().await;
     assert_eq!(

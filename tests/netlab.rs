@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::netns::Lab;
-use support::{Cluster, Options, Sidecar, sample, with_vars};
+use support::{Cluster, Options, Sidecar, ready_until, sample, with_vars};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 
@@ -30,30 +30,6 @@ fn lab_env(cluster: &Cluster, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         &[("REDIS_TLS_SERVER_NAME", "localhost")],
     );
     with_vars(env, extra)
-}
-
-/// Polls `/readyz` until `done` holds on the metrics, failing if readiness ever flips.
-async fn ready_until(sidecar: &Sidecar, limit: Duration, what: &str, done: impl Fn(&str) -> bool) {
-    let start = Instant::now();
-    loop {
-        let (status, body) = sidecar.get("/readyz?verbose").await;
-        assert_eq!(
-            status,
-            200,
-            "readiness flipped after {:?}:\n{body}",
-            start.elapsed()
-        );
-        let m = sidecar.metrics().await;
-        if done(&m) {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{what} not seen in {limit:?}:\n{m}\n{}",
-            sidecar.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// A middlebox forgets flows idle for over 4 s and resets their next packet. The canary learns
@@ -102,21 +78,16 @@ async fn an_idle_cut_is_learned_and_the_app_meets_it() {
         .arg("6");
     let app = tokio::task::spawn_blocking(move || app.output().unwrap());
 
-    ready_until(
-        &sidecar,
-        Duration::from_secs(120),
-        "a learned idle cut",
-        |m| {
-            m.contains("result=\"survived\"")
-                && m.lines().any(|l| {
-                    l.starts_with("redis_idle_cut_seconds{")
-                        && l.rsplit(' ')
-                            .next()
-                            .and_then(|v| v.parse::<f64>().ok())
-                            .is_some_and(|v| (4.0..=6.5).contains(&v))
-                })
-        },
-    )
+    ready_until(&sidecar, Duration::from_secs(120), |m| {
+        m.contains("result=\"survived\"")
+            && m.lines().any(|l| {
+                l.starts_with("redis_idle_cut_seconds{")
+                    && l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| (4.0..=6.5).contains(&v))
+            })
+    })
     .await;
     let out = app.await.unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -212,12 +183,9 @@ async fn packet_loss_does_not_flip_readiness() {
     lab.loss(5);
     let checks = |m: &str| sample(m, "redis_health_checks_total").unwrap_or(0.0);
     let start = checks(&sidecar.metrics().await);
-    ready_until(
-        &sidecar,
-        Duration::from_secs(90),
-        "8 checks under loss",
-        |m| checks(m) >= start + 8.0,
-    )
+    ready_until(&sidecar, Duration::from_secs(90), |m| {
+        checks(m) >= start + 8.0
+    })
     .await;
     sidecar.stop().await;
 }

@@ -118,13 +118,7 @@ async fn alerts_through_a_real_prometheus() {
 
     // Transient faults: nothing even pending.
     let faults = {
-        let primary = cluster.primaries()[0];
-        let replica = cluster.replica_of(primary);
-        assert!(
-            cluster
-                .cli(replica, &["CLUSTER", "FAILOVER"])
-                .contains("OK")
-        );
+        cluster.fail_over();
         for i in 0..cluster.nodes.len() {
             cluster.cli(i, &["CLIENT", "KILL", "TYPE", "normal"]);
         }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Cluster, Options, Sidecar, config, ready_until, role_series, sample, with_vars};
+use support::{Cluster, Options, Sidecar, config, ready_until, roles_swapped, with_vars};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 
@@ -40,17 +40,12 @@ async fn redis_6_2_cluster() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let primary = cluster.primaries()[0];
-    let replica = cluster.replica_of(primary);
-    assert!(
-        cluster
-            .cli(replica, &["CLUSTER", "FAILOVER"])
-            .contains("OK")
-    );
-    ready_until(&sidecar, Duration::from_secs(20), |m| {
-        sample(m, &role_series(&cluster, replica, "primary")) == Some(1.0)
-            && sample(m, &role_series(&cluster, primary, "replica")) == Some(1.0)
-    })
+    let (primary, replica) = cluster.fail_over();
+    ready_until(
+        &sidecar,
+        Duration::from_secs(20),
+        roles_swapped(&cluster, primary, replica),
+    )
     .await;
     sidecar.stop().await;
 

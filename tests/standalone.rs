@@ -7,9 +7,10 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Cluster, Options, Sidecar, with_vars};
+use support::{Cluster, Options, Sidecar, wait_reason, with_vars};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
+const LIMIT: Duration = Duration::from_secs(20);
 
 async fn wait_log(sidecar: &Sidecar, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -18,23 +19,6 @@ async fn wait_log(sidecar: &Sidecar, text: &str) {
             Instant::now() < deadline,
             "no log line with {text:?}:\n{}",
             sidecar.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_reason(sidecar: &Sidecar, reason: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let (status, body) = sidecar.get("/readyz?verbose").await;
-        let named = |end: &str| body.contains(&format!("[-]redis failed: {reason}{end}"));
-        if named("\n") || named(" (") {
-            assert_eq!(status, 503);
-            return body;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "reason {reason} never shown:\n{body}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -69,7 +53,7 @@ async fn a_demoted_primary_is_not_ready_until_the_endpoint_follows() {
             .cli(0, &["REPLICAOF", "127.0.0.1", &new_primary])
             .contains("OK")
     );
-    wait_reason(&sidecar, "not_primary").await;
+    wait_reason(&sidecar, "not_primary", LIMIT).await;
     wait_log(&sidecar, "the server's role is slave, not master").await;
 
     let endpoint = cluster.endpoint.as_ref().unwrap();
@@ -89,7 +73,7 @@ async fn cluster_mode_against_a_standalone_server() {
         .unwrap();
     let env = with_vars(server.env(), &[("REDIS_CLUSTER_MODE", "true")]);
     let sidecar = Sidecar::spawn_binary(BIN, &env).await;
-    wait_reason(&sidecar, "cluster_mode_disabled").await;
+    wait_reason(&sidecar, "cluster_mode_disabled", LIMIT).await;
     wait_log(&sidecar, "set REDIS_CLUSTER_MODE=false").await;
     sidecar.stop().await;
 
@@ -128,7 +112,7 @@ async fn a_sentinel_is_never_ready() {
     ];
     env.extend(support::patient_timeouts());
     let sidecar = Sidecar::spawn_binary(BIN, &env).await;
-    wait_reason(&sidecar, "sentinel").await;
+    wait_reason(&sidecar, "sentinel", LIMIT).await;
     wait_log(&sidecar, "the address is a Sentinel").await;
     sidecar.stop().await;
     drop(sentinel);

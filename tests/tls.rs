@@ -4,23 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{CertNames, Cluster, HOST_ONLY_NAME, Options, Sidecar, config, sample};
-
-async fn wait_reason(sidecar: &Sidecar, reason: &str) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let (status, body) = sidecar.get("/readyz?verbose").await;
-        if body.contains(&format!("[-]redis failed: {reason}\n")) {
-            assert_eq!(status, 503);
-            return body;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "reason {reason} never shown:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use support::{CertNames, Cluster, HOST_ONLY_NAME, Options, Sidecar, config, sample, wait_reason};
 
 /// Nodes announced by IP, certificates naming only a host: verification needs
 /// `REDIS_TLS_SERVER_NAME`, and fails with reason `tls` without it or with a wrong CA.
@@ -51,7 +35,7 @@ async fn server_name_and_wrong_ca() {
     named.stop().await;
 
     let unnamed = Sidecar::start(config(&cluster.env())).await;
-    wait_reason(&unnamed, "tls").await;
+    wait_reason(&unnamed, "tls", Duration::from_secs(15)).await;
     let m = unnamed.metrics().await;
     assert!(
         sample(
@@ -71,7 +55,7 @@ async fn server_name_and_wrong_ca() {
         cluster.other_ca.display().to_string(),
     ));
     let wrong_ca = Sidecar::start(config(&env)).await;
-    wait_reason(&wrong_ca, "tls").await;
+    wait_reason(&wrong_ca, "tls", Duration::from_secs(15)).await;
     wrong_ca.stop().await;
 }
 
@@ -105,7 +89,7 @@ async fn nothing_listening_is_connection_refused() {
     ];
     env.extend(support::fast_timings());
     let sidecar = Sidecar::start(config(&env)).await;
-    wait_reason(&sidecar, "connection_refused").await;
+    wait_reason(&sidecar, "connection_refused", Duration::from_secs(15)).await;
     assert_eq!(sidecar.get("/livez").await.0, 200);
     sidecar.stop().await;
 }

@@ -707,6 +707,16 @@ impl Cluster {
             .collect()
     }
 
+    /// A planned failover (`CLUSTER FAILOVER` on the first primary's replica, from the
+    /// harness's admin connection); returns (old primary, new primary).
+    pub fn fail_over(&self) -> (usize, usize) {
+        let primary = self.primaries()[0];
+        let replica = self.replica_of(primary);
+        let out = self.cli(replica, &["CLUSTER", "FAILOVER"]);
+        assert!(out.contains("OK"), "CLUSTER FAILOVER: {out}");
+        (primary, replica)
+    }
+
     /// The replica of primary `p`.
     pub fn replica_of(&self, p: usize) -> usize {
         let port = self.nodes[p].port.to_string();
@@ -1231,6 +1241,33 @@ pub async fn ready_until(
             sidecar.metrics().await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The metrics show `new` as primary and `old` as replica.
+pub fn roles_swapped(cluster: &Cluster, old: usize, new: usize) -> impl Fn(&str) -> bool + '_ {
+    move |m| {
+        sample(m, &role_series(cluster, new, "primary")) == Some(1.0)
+            && sample(m, &role_series(cluster, old, "replica")) == Some(1.0)
+    }
+}
+
+/// Waits until `/readyz?verbose` names `reason` (503), at most `limit`; returns the body.
+pub async fn wait_reason(sidecar: &Sidecar, reason: &str, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let (status, body) = sidecar.get("/readyz?verbose").await;
+        let named = |end: &str| body.contains(&format!("[-]redis failed: {reason}{end}"));
+        if named("\n") || named(" (") {
+            assert_eq!(status, 503, "{body}");
+            return body;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "reason {reason} never shown in {limit:?}:\n{body}\n{}",
+            sidecar.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
