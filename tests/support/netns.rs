@@ -45,6 +45,7 @@ impl Lab {
             "nft",
             "sudo apt-get install -y nftables (or scripts/install-deps)",
         );
+        remove_stale();
         static N: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "{}-{}",
@@ -221,6 +222,27 @@ impl Drop for Lab {
                 .args(["netns", "del", ns])
                 .stdin(Stdio::null())
                 .output();
+        }
+    }
+}
+
+/// Deletes the lab namespaces of test processes that died without dropping their lab (killed
+/// by a signal): `rp<pid>-...` whose process is gone.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix("rp")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
     }
 }
