@@ -36,6 +36,21 @@ fn rules_pass_promtool_check_and_unit_tests() {
     promtool(&["test", "rules", "redis-probe.rules.test.yaml"]);
 }
 
+/// The shipped rules over what a real Prometheus recorded through a real outage
+/// (`examples/alerts_realtime.rs`): silent through transient faults, the seed's failure-rate
+/// rule and the breaker alert firing 15 minutes into the outage, both resolved 11 minutes
+/// after recovery, exactly as the real server showed them.
+#[test]
+fn rules_over_a_recorded_real_outage() {
+    let recorded =
+        std::fs::read_to_string(Path::new(DIR).join("recorded-outage.test.yaml")).unwrap();
+    assert!(recorded.contains(
+        "alertname: RedisHealthCheckFailureRate\n        exp_alerts:\n          - exp_labels:"
+    ));
+    assert!(recorded.contains("reason: \"circuit_open\""));
+    promtool(&["test", "rules", "recorded-outage.test.yaml"]);
+}
+
 #[test]
 fn prometheusrule_is_generated_from_the_rules_file() {
     let rules = std::fs::read_to_string(Path::new(DIR).join("redis-probe.rules.yaml")).unwrap();
