@@ -50,6 +50,7 @@ pub mod pool;
 pub mod probe;
 pub mod schedule;
 pub mod server;
+pub mod sockdiag;
 pub mod tcpstats;
 
 use std::sync::Arc;

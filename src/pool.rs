@@ -206,32 +206,88 @@ impl Settings {
     }
 }
 
+/// What the pod's sockets to the nodes show.
+#[derive(Debug, Clone, Default)]
+pub struct PodView {
+    /// Established connections per node (`host:port`), the sidecar's own excluded.
+    pub per_node: Vec<(String, u64)>,
+    /// `/proc/net/tcp` lines that did not parse (the fallback's).
+    pub bad_lines: usize,
+    /// Per node, what `tcp_info` says of the app's connections; empty on the fallback.
+    pub tcp: Vec<NodeTcp>,
+}
+
+/// The app's connections to one node, as the kernel sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeTcp {
+    pub node: String,
+    /// Mean smoothed round-trip time.
+    pub rtt: Duration,
+    /// The longest time since one of them last received data.
+    pub idle_max: Duration,
+    /// Each socket (inode) and its retransmissions so far.
+    pub sockets: Vec<(u64, u32)>,
+}
+
 /// This pod's established connections to each of `nodes` (host names resolved), the
-/// sidecar's own excluded. `None` when `/proc/net/tcp` does not exist.
-pub async fn pod_connections(nodes: &[HostPort]) -> Option<(Vec<(String, u64)>, usize)> {
+/// sidecar's own excluded: from netlink sock_diag with a kernel-side filter on the nodes'
+/// addresses (with `tcp_info`), else from `/proc/net/tcp{,6}`. `None` when neither is there.
+pub async fn pod_connections(nodes: &[HostPort]) -> Option<PodView> {
     let mut resolved: Vec<(String, Vec<SocketAddr>)> = Vec::with_capacity(nodes.len());
     for addr in nodes {
         let ips = crate::probe::resolve(addr).await.unwrap_or_default();
         resolved.push((addr.to_string(), ips));
     }
     let all: Vec<SocketAddr> = resolved.iter().flat_map(|(_, ips)| ips.clone()).collect();
-    // Reading /proc makes the kernel walk every socket of the pod: blocking work, kept off the
-    // threads that answer probes.
-    let counts = tokio::task::spawn_blocking(move || {
+    // Both ways make the kernel look at sockets: blocking work, kept off the threads that
+    // answer probes.
+    tokio::task::spawn_blocking(move || {
         let own = own_socket_inodes(Path::new("/proc/self/fd"));
-        count_in_namespace(Path::new("/proc/net"), &all, &own)
+        match crate::sockdiag::dump(&all) {
+            Ok(conns) => Some(from_sock_diag(&resolved, &conns, &own)),
+            Err(_) => {
+                let counts = count_in_namespace(Path::new("/proc/net"), &all, &own)?;
+                let per_node = resolved
+                    .iter()
+                    .map(|(node, ips)| (node.clone(), counts.to_any(ips)))
+                    .collect();
+                Some(PodView {
+                    per_node,
+                    bad_lines: counts.bad_lines,
+                    tcp: vec![],
+                })
+            }
+        }
     })
     .await
-    .ok()??;
-    let per_node = resolved
-        .into_iter()
-        .map(|(node, ips)| (node, counts.to_any(&ips)))
-        .collect();
-    Some((per_node, counts.bad_lines))
+    .ok()?
 }
 
-/// Counts the pod's connections to the nodes the health loop last saw, every
-/// `settings.interval`, off the request path. Runs until the task is dropped.
+fn from_sock_diag(
+    resolved: &[(String, Vec<SocketAddr>)],
+    conns: &[crate::sockdiag::Conn],
+    own: &HashSet<u64>,
+) -> PodView {
+    let mut view = PodView::default();
+    for (node, ips) in resolved {
+        let ips: Vec<SocketAddr> = ips.iter().map(|a| canonical_addr(*a)).collect();
+        let mine: Vec<&crate::sockdiag::Conn> = conns
+            .iter()
+            .filter(|c| !own.contains(&c.inode) && ips.contains(&canonical_addr(c.remote)))
+            .collect();
+        view.per_node.push((node.clone(), mine.len() as u64));
+        if !mine.is_empty() {
+            view.tcp.push(NodeTcp {
+                node: node.clone(),
+                rtt: mine.iter().map(|c| c.rtt).sum::<Duration>() / mine.len() as u32,
+                idle_max: mine.iter().map(|c| c.idle).max().unwrap_or_default(),
+                sockets: mine.iter().map(|c| (c.inode, c.retransmits)).collect(),
+            });
+        }
+    }
+    view
+}
+
 pub async fn watch(health: health::Rx, metrics: Arc<Metrics>, settings: Settings) {
     loop {
         let nodes: Vec<(HostPort, Role)> = health
@@ -242,13 +298,14 @@ pub async fn watch(health: health::Rx, metrics: Arc<Metrics>, settings: Settings
             .collect();
         if !nodes.is_empty() {
             let addrs: Vec<HostPort> = nodes.iter().map(|(a, _)| a.clone()).collect();
-            let Some((per_node, bad_lines)) = pod_connections(&addrs).await else {
+            let Some(view) = pod_connections(&addrs).await else {
                 return;
             };
             let primaries = nodes.iter().filter(|(_, r)| *r == Role::Primary).count();
             let ceiling = settings.ceiling(primaries as u64, nodes.len() as u64);
-            metrics.pool.record_counts(&per_node, ceiling);
-            metrics.record_parse_errors(ParseSource::ProcNetTcp, bad_lines as u64);
+            metrics.pool.record_counts(&view.per_node, ceiling);
+            metrics.pool.record_tcp(&view.tcp);
+            metrics.record_parse_errors(ParseSource::ProcNetTcp, view.bad_lines as u64);
         }
         let resets = tokio::task::spawn_blocking(|| crate::tcpstats::read(Path::new("/proc/net")))
             .await

@@ -77,6 +77,38 @@ async fn an_idle_cut_is_learned_and_the_app_meets_it() {
         .arg(&cluster.pki.ca)
         .arg("6");
     let app = tokio::task::spawn_blocking(move || app.output().unwrap());
+    // While the app's pool idles, the sidecar sees its connections through netlink sock_diag:
+    // their idle age, round trip and retransmissions, per node.
+    let idle_seen = {
+        let addr = sidecar.addr;
+        let ns = lab.pod.clone();
+        tokio::spawn(async move {
+            let mut most = 0.0f64;
+            let until = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < until {
+                let m = support::get_in(&ns, addr, "/metrics").await.1;
+                for l in m
+                    .lines()
+                    .filter(|l| l.starts_with("redis_pool_idle_seconds{"))
+                {
+                    let v: f64 = l
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0.0);
+                    most = most.max(v);
+                }
+                if most >= 3.0
+                    && m.contains("redis_pool_rtt_seconds{")
+                    && m.contains("redis_pool_retransmits_total{")
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            most
+        })
+    };
 
     ready_until(&sidecar, Duration::from_secs(120), |m| {
         m.contains("result=\"survived\"")
@@ -90,6 +122,11 @@ async fn an_idle_cut_is_learned_and_the_app_meets_it() {
     })
     .await;
     let out = app.await.unwrap();
+    let idle = idle_seen.await.unwrap();
+    assert!(
+        idle >= 3.0,
+        "the app's idle connections were not seen idle: {idle}"
+    );
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     // Over TLS, redis-py words the reset as "Connection closed by server" (plain text:
     // "Connection reset by peer"); the kernel's reset counter below says which it was.

@@ -7,8 +7,8 @@ use tokio::time::Instant;
 
 use super::findings::{Code, Findings};
 use super::{
-    Auth, Connections, NodeConnections, NodeLatency, NodeReach, Options, OtlpView, Reachability,
-    Report, ShardView, SidecarTiming, Timeouts, TopologyView, Verdict,
+    AppConnections, Auth, Connections, NodeConnections, NodeLatency, NodeReach, Options, OtlpView,
+    Reachability, Report, ShardView, SidecarTiming, Timeouts, TopologyView, Verdict,
 };
 use crate::checks::{self, Target};
 use crate::config::Config;
@@ -240,11 +240,17 @@ async fn connections(
     f: &mut Findings,
 ) -> Connections {
     let addrs: Vec<_> = info.nodes.iter().map(|n| n.addr.clone()).collect();
-    let this_pod: Option<BTreeMap<String, u64>> = pool::pod_connections(&addrs)
-        .await
-        .map(|(per_node, _)| per_node.into_iter().collect());
-    let cuts = idle_cuts(config.listen.port()).await;
     let mut c = Connections::default();
+    let view = pool::pod_connections(&addrs).await;
+    let this_pod: Option<BTreeMap<String, u64>> =
+        view.as_ref().map(|v| v.per_node.iter().cloned().collect());
+    c.app = view
+        .map(|v| v.tcp)
+        .unwrap_or_default()
+        .into_iter()
+        .map(AppConnections::from)
+        .collect();
+    let cuts = idle_cuts(config.listen.port()).await;
     for n in &info.nodes {
         let node = n.addr.to_string();
         let maxclients = n.info.maxclients.unwrap_or(config.observe.maxclients);

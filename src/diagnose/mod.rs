@@ -142,6 +142,8 @@ pub struct NodeLatency {
 #[derive(Debug, Default, Serialize)]
 pub struct Connections {
     pub nodes: Vec<NodeConnections>,
+    /// The app's connections as the kernel sees them (netlink sock_diag), per node.
+    pub app: Vec<AppConnections>,
     pub pool_size: Option<u32>,
     pub nodes_used_by_app: usize,
     pub pod_ceiling: Option<u64>,
@@ -149,6 +151,28 @@ pub struct Connections {
     /// `pool_size x replicas`: what the fleet may open to one node.
     pub fleet_ceiling_per_node: Option<u64>,
     pub lowest_maxclients: Option<u64>,
+}
+
+/// The app's connections to one node: how many, the longest idle, round trip, retransmissions.
+#[derive(Debug, Serialize)]
+pub struct AppConnections {
+    pub node: String,
+    pub count: usize,
+    pub idle_max_s: f64,
+    pub rtt_ms: f64,
+    pub retransmits: u64,
+}
+
+impl From<crate::pool::NodeTcp> for AppConnections {
+    fn from(t: crate::pool::NodeTcp) -> Self {
+        AppConnections {
+            node: t.node,
+            count: t.sockets.len(),
+            idle_max_s: t.idle_max.as_secs_f64(),
+            rtt_ms: t.rtt.as_secs_f64() * 1000.0,
+            retransmits: t.sockets.iter().map(|(_, r)| u64::from(*r)).sum(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -127,6 +127,18 @@ fn write_connections(o: &mut String, c: &Connections) -> fmt::Result {
             unknown(n.this_pod)
         )?;
     }
+    if !c.app.is_empty() {
+        writeln!(o, "  the app's connections (netlink sock_diag, tcp_info):")?;
+        let (node, n, idle, rtt, re) = ("node", "count", "idle max", "rtt", "retransmits");
+        writeln!(o, "  {node:<22} {n:>6} {idle:>10} {rtt:>9} {re:>12}")?;
+        for a in &c.app {
+            writeln!(
+                o,
+                "  {:<22} {:>6} {:>8.0} s {:>6.2} ms {:>12}",
+                a.node, a.count, a.idle_max_s, a.rtt_ms, a.retransmits
+            )?;
+        }
+    }
     let (used, pod) = (c.nodes_used_by_app, c.pod_ceiling.unwrap_or(0));
     match (c.pool_size, c.replicas, c.fleet_ceiling_per_node) {
         (Some(size), Some(replicas), Some(per_node)) => writeln!(

@@ -1,11 +1,13 @@
 //! The pod's connections to the cluster, counted from `/proc/net/tcp`, and its ceiling.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use super::NodeSeries;
 use super::labels::{KindLabel, NodeLabel};
@@ -24,6 +26,12 @@ pub struct PoolMetrics {
     pool_max_conns: Gauge,
     pool_max_conns_per_node: Gauge,
     pod_tcp_resets: Family<KindLabel, Counter>,
+    pool_rtt: Family<NodeLabel, Gauge<f64, AtomicU64>>,
+    pool_idle: Family<NodeLabel, Gauge<f64, AtomicU64>>,
+    pool_retransmits: Family<NodeLabel, Counter>,
+    /// Each app socket's retransmissions when last seen, to count only what is new.
+    seen_retransmits: Mutex<HashMap<u64, u32>>,
+    tcp_nodes: NodeSeries,
     nodes: NodeSeries,
 }
 
@@ -45,6 +53,23 @@ impl PoolMetrics {
                 "pool_node_conns",
                 "The pod's established connections to each node",
                 m.pool_node_conns.clone(),
+            );
+            r.register_with_unit(
+                "pool_rtt",
+                "Mean smoothed round-trip time of the app's connections to the node (tcp_info, netlink sock_diag)",
+                Unit::Seconds,
+                m.pool_rtt.clone(),
+            );
+            r.register_with_unit(
+                "pool_idle",
+                "The longest time since one of the app's connections to the node last received data",
+                Unit::Seconds,
+                m.pool_idle.clone(),
+            );
+            r.register(
+                "pool_retransmits",
+                "Segments the app's connections to the node retransmitted",
+                m.pool_retransmits.clone(),
             );
             r.register(
                 "pod_tcp_resets",
@@ -84,6 +109,41 @@ impl PoolMetrics {
             self.pool_max_conns.set(c.pod as i64);
             self.pool_max_conns_per_node.set(c.per_node as i64);
         }
+    }
+
+    /// What `tcp_info` said of the app's connections, per node (nothing on the `/proc`
+    /// fallback: those series are then absent).
+    pub fn record_tcp(&self, tcp: &[crate::pool::NodeTcp]) {
+        self.tcp_nodes
+            .replace(tcp.iter().map(|t| t.node.clone()), |l| {
+                self.pool_rtt.remove(l);
+                self.pool_idle.remove(l);
+                self.pool_retransmits.remove(l);
+            });
+        let mut seen = self
+            .seen_retransmits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut now = HashMap::new();
+        for t in tcp {
+            let node = NodeLabel {
+                node: t.node.clone(),
+            };
+            self.pool_rtt.get_or_create(&node).set(t.rtt.as_secs_f64());
+            self.pool_idle
+                .get_or_create(&node)
+                .set(t.idle_max.as_secs_f64());
+            let new: u64 = t
+                .sockets
+                .iter()
+                .map(|(inode, r)| {
+                    u64::from(r.saturating_sub(seen.get(inode).copied().unwrap_or(0)))
+                })
+                .sum();
+            self.pool_retransmits.get_or_create(&node).inc_by(new);
+            now.extend(t.sockets.iter().copied());
+        }
+        *seen = now;
     }
 
     /// The namespace's reset counters, as the kernel's totals.

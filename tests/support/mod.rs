@@ -1083,18 +1083,7 @@ impl Sidecar {
     pub async fn get(&self, path: &str) -> (u16, String) {
         match &self.netns {
             None => http_get(self.addr, path).await,
-            Some(ns) => {
-                let std = netns::connect_in(ns, self.addr).expect("reaching the sidecar");
-                std.set_nonblocking(true).unwrap();
-                let mut s = tokio::net::TcpStream::from_std(std).unwrap();
-                let req =
-                    format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
-                s.write_all(req.as_bytes()).await.unwrap();
-                let mut buf = vec![];
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-                parse_response(&String::from_utf8_lossy(&buf))
-            }
+            Some(ns) => get_in(ns, self.addr, path).await,
         }
     }
 
@@ -1166,6 +1155,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     )
     .await;
     parse_response(&raw)
+}
+
+/// As [`http_get`], to a server inside network namespace `ns`.
+pub async fn get_in(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
+    let std = netns::connect_in(ns, addr).expect("reaching the server in the lab");
+    std.set_nonblocking(true).unwrap();
+    let mut s = tokio::net::TcpStream::from_std(std).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![];
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    parse_response(&String::from_utf8_lossy(&buf))
 }
 
 /// As [`http_get`], `None` when nothing accepts the connection.
