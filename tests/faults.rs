@@ -415,9 +415,15 @@ async fn partial_outage_is_no_primary() {
     let m = degraded.metrics().await;
     assert_eq!(sample(&m, "redis_up"), Some(0.0));
     assert_eq!(sample(&m, "redis_probe_ready"), Some(1.0));
+    let up = format!(
+        "redis_node_up{{node=\"{}\"}}",
+        cluster.nodes[primary].addr()
+    );
+    assert_eq!(sample(&m, &up), Some(0.0), "{m}");
     assert_eq!(
         sample(&m, &role_series(&cluster, primary, "primary")),
-        Some(0.0)
+        Some(1.0),
+        "the info series keeps the role it had"
     );
     strict.stop().await;
     degraded.stop().await;
