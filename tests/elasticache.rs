@@ -318,6 +318,7 @@ async fn diagnose_in_the_elasticache_shape() {
     let rows: Vec<&str> = text
         .lines()
         .skip_while(|l| !l.starts_with("== Connections"))
+        .take_while(|l| !l.contains("the app's connections") && !l.contains("ceiling:"))
         .filter(|l| l.contains("localhost:"))
         .collect();
     assert_eq!(rows.len(), 6, "{text}");

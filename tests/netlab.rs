@@ -169,7 +169,7 @@ async fn an_idle_cut_is_learned_and_the_app_meets_it() {
 /// Packets to one primary vanish (a black hole): its attempts time out (`timeout`, never
 /// `connection_refused`), and with the node alive to the rest of the cluster there is no
 /// failover, so the pod turns unready after the failure threshold and ready again when the
-/// path comes back.
+/// path comes back. Then the path resets every established flow: `connection_reset`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_is_a_timeout() {
     let lab = Lab::new();
@@ -203,15 +203,33 @@ async fn a_black_hole_is_a_timeout() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(60))
         .await;
+
+    // Every established flow reset by the path: connection_reset, and back when it stops.
+    lab.reset_flows();
+    support::wait_reason(&sidecar, "connection_reset", Duration::from_secs(60)).await;
+    lab.clear();
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(60))
+        .await;
     sidecar.stop().await;
 }
 
+/// 200 ms of round trip (a proxy in front of every node holds each chunk 100 ms each way) and
 /// 5 % of packets lost each way (nftables `numgen random`), at the default timings: TCP
 /// retransmits within the attempt timeout and readiness holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn packet_loss_does_not_flip_readiness() {
+async fn latency_and_loss_do_not_flip_readiness() {
     let lab = Lab::new();
-    let cluster = lab_cluster(&lab).await;
+    let srv: &'static str = Box::leak(lab.srv.clone().into_boxed_str());
+    let cluster = tokio::task::spawn_blocking(move || {
+        Cluster::start(Options {
+            netns: Some(srv),
+            latency: Some(Duration::from_millis(100)),
+            ..Options::default()
+        })
+    })
+    .await
+    .unwrap();
     let env = lab_env(&cluster, &[("PROBE_IDLE_CANARY", "0")]);
     let sidecar = Sidecar::spawn_binary_in(&lab.pod, BIN, &env).await;
     sidecar
@@ -219,6 +237,13 @@ async fn packet_loss_does_not_flip_readiness() {
         .await;
     lab.loss(5);
     let checks = |m: &str| sample(m, "redis_health_checks_total").unwrap_or(0.0);
+    let ping = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("redis_node_ping_seconds{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(f64::MAX, f64::min)
+    };
+    assert!(ping(&sidecar.metrics().await) >= 0.2, "no latency added");
     let start = checks(&sidecar.metrics().await);
     ready_until(&sidecar, Duration::from_secs(90), |m| {
         checks(m) >= start + 8.0

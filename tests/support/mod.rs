@@ -222,6 +222,9 @@ pub struct Options {
     /// The nodes run in this network namespace (a [`netns::Lab`]'s `srv`), on
     /// [`netns::SRV_IP`].
     pub netns: Option<&'static str>,
+    /// With `netns`: every node announces a [`proxy::DelayProxy`] in front of it that holds
+    /// each chunk this long in each direction.
+    pub latency: Option<Duration>,
 }
 
 /// What the deployment looks like from a client.
@@ -273,6 +276,7 @@ impl Default for Options {
             engine: Engine::Redis7,
             replica: false,
             netns: None,
+            latency: None,
         }
     }
 }
@@ -308,6 +312,8 @@ pub struct Cluster {
     pub mtls: bool,
     /// One per node when proxied.
     pub proxies: Vec<proxy::ResetProxy>,
+    /// One per node with a latency.
+    pub delays: Vec<proxy::DelayProxy>,
     /// Standalone with a replica: the primary endpoint, a proxy the test points at the
     /// primary (as DNS follows the primary on ElastiCache).
     pub endpoint: Option<proxy::ResetProxy>,
@@ -412,6 +418,7 @@ impl Cluster {
             names: opts.names,
             mtls: opts.mtls,
             proxies: vec![],
+            delays: vec![],
             endpoint: None,
             shape: opts.shape,
             engine: opts.engine,
@@ -428,6 +435,12 @@ impl Cluster {
                 let p = proxy::ResetProxy::start_sync(format!("127.0.0.1:{port}").parse().unwrap());
                 public_port = p.addr.port();
                 c.proxies.push(p);
+            }
+            if let (Some(ns), Some(delay)) = (opts.netns, opts.latency) {
+                let upstream = format!("{bind_ip}:{port}").parse().unwrap();
+                let p = proxy::DelayProxy::start_in(ns, bind_ip, upstream, delay);
+                public_port = p.addr.port();
+                c.delays.push(p);
             }
             c.nodes.push(Node {
                 host,
@@ -455,7 +468,12 @@ impl Cluster {
             let addrs: Vec<String> = c
                 .nodes
                 .iter()
-                .map(|n| format!("{bind_ip}:{}", n.public_port))
+                // Through a delay proxy the many round trips of `--cluster create` would outlast
+                // redis-cli's timeout: the nodes' own ports (they announce the proxies').
+                .map(|n| {
+                    let port = if c.delays.is_empty() { n.public_port } else { n.port };
+                    format!("{bind_ip}:{port}")
+                })
                 .collect();
             let mut args: Vec<&str> = vec!["--cluster", "create"];
             args.extend(addrs.iter().map(String::as_str));

@@ -195,6 +195,13 @@ impl Lab {
         ));
     }
 
+    /// Every packet of an established flow to the nodes is answered with a reset.
+    pub fn reset_flows(&self) {
+        self.nft(&format!(
+            "add rule inet lab faults ip daddr {SRV_IP} ct state established reject with tcp reset\n"
+        ));
+    }
+
     /// Flows idle for longer than `secs` are forgotten by connection tracking, and their next
     /// packet is answered with a reset, as an idle-timeout middlebox does.
     pub fn idle_cut(&self, secs: u32) {
@@ -245,6 +252,21 @@ fn remove_stale() {
             let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
     }
+}
+
+/// A TCP listener bound inside namespace `ns`.
+pub fn bind_in(ns: &str, addr: &str) -> std::net::TcpListener {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this short-lived thread only; the fd is open for the call.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            std::net::TcpListener::bind(addr).unwrap()
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 /// A TCP connection made from inside namespace `ns` (a socket keeps the namespace it was

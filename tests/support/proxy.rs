@@ -119,3 +119,70 @@ fn reset(s: TcpStream) {
     let _ = s.set_zero_linger();
     drop(s);
 }
+
+/// A TCP proxy inside a network namespace of a [`super::netns::Lab`] that holds every chunk
+/// for `delay` in each direction: latency, which `tc netem` would add on a kernel that has it.
+pub struct DelayProxy {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DelayProxy {
+    /// Listens on `listen_ip` in `ns` (from a thread inside the runtime that is not a task) and
+    /// forwards to `upstream`, reached from `ns` too.
+    pub fn start_in(
+        ns: &str,
+        listen_ip: &str,
+        upstream: SocketAddr,
+        delay: std::time::Duration,
+    ) -> DelayProxy {
+        let std_listener = super::netns::bind_in(ns, &format!("{listen_ip}:0"));
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let listener = TcpListener::from_std(std_listener).unwrap();
+        let ns = ns.to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let ns = ns.clone();
+                tokio::spawn(async move {
+                    let up = tokio::task::spawn_blocking(move || {
+                        super::netns::connect_in(&ns, upstream)
+                    })
+                    .await;
+                    let Ok(Ok(up)) = up else { return };
+                    up.set_nonblocking(true).unwrap();
+                    let up = TcpStream::from_std(up).unwrap();
+                    let (cr, cw) = client.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::join!(delayed(cr, uw, delay), delayed(ur, cw, delay));
+                });
+            }
+        });
+        DelayProxy { addr, task }
+    }
+}
+
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
