@@ -471,7 +471,11 @@ impl Cluster {
                 // Through a delay proxy the many round trips of `--cluster create` would outlast
                 // redis-cli's timeout: the nodes' own ports (they announce the proxies').
                 .map(|n| {
-                    let port = if c.delays.is_empty() { n.public_port } else { n.port };
+                    let port = if c.delays.is_empty() {
+                        n.public_port
+                    } else {
+                        n.port
+                    };
                     format!("{bind_ip}:{port}")
                 })
                 .collect();
