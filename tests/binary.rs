@@ -228,21 +228,9 @@ async fn metrics_pass_promtool() {
     let plain = sidecar.metrics().await;
     // promtool reads the Prometheus text format, which is what a client gets without asking
     // for OpenMetrics.
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(plain.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new(&promtool);
+    cmd.args(["check", "metrics"]);
+    let out = support::run_with_input(cmd, plain.as_bytes());
     let said =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -8,8 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    Cluster, Options, PROBE_ACL, PROBE_USER, Sidecar, ready_until, role_series, roles_swapped,
-    sample, wait_reason, with_vars,
+    Cluster, Options, PROBE_ACL, PROBE_USER, Sidecar, role_series, sample, wait_reason, with_vars,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
@@ -50,13 +49,7 @@ async fn core_behaviours_in_the_elasticache_shape() {
     );
 
     // Planned failover, from the harness's admin connection.
-    let (primary, replica) = cluster.fail_over();
-    ready_until(
-        &sidecar,
-        Duration::from_secs(20),
-        roles_swapped(&cluster, primary, replica),
-    )
-    .await;
+    let (_, replica) = support::planned_failover_followed(&cluster, &sidecar).await;
 
     // A killed primary: its replica takes over and the sidecar follows.
     let primary = replica;
@@ -163,13 +156,7 @@ async fn least_privilege_users() {
         "one line naming the command:\n{logs}"
     );
     assert!(!logs.contains("[-]redis failed"));
-    let (primary, replica) = cluster.fail_over();
-    ready_until(
-        &sidecar,
-        Duration::from_secs(20),
-        roles_swapped(&cluster, primary, replica),
-    )
-    .await;
+    support::planned_failover_followed(&cluster, &sidecar).await;
     if let Some(before) = dials {
         let after = sample(
             &sidecar.metrics().await,

@@ -5,9 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{
-    Cluster, Options, Sidecar, config, ready_until, role_series, roles_swapped, sample, with_vars,
-};
+use support::{Cluster, Options, Sidecar, config, ready_until, role_series, sample, with_vars};
 
 /// Polls `/readyz` every 20 ms for `hold`, failing if it ever answers anything but 200.
 async fn stays_ready(sidecar: &Sidecar, hold: Duration) -> usize {
@@ -273,13 +271,7 @@ async fn planned_failover_is_followed() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
-    let (primary, replica) = cluster.fail_over();
-    ready_until(
-        &sidecar,
-        Duration::from_secs(20),
-        roles_swapped(&cluster, primary, replica),
-    )
-    .await;
+    support::planned_failover_followed(&cluster, &sidecar).await;
     let m = sidecar.metrics().await;
     assert_eq!(
         sample(

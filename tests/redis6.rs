@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Cluster, Options, Sidecar, config, ready_until, roles_swapped, with_vars};
+use support::{Cluster, Options, Sidecar, config, with_vars};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 
@@ -40,13 +40,7 @@ async fn redis_6_2_cluster() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let (primary, replica) = cluster.fail_over();
-    ready_until(
-        &sidecar,
-        Duration::from_secs(20),
-        roles_swapped(&cluster, primary, replica),
-    )
-    .await;
+    support::planned_failover_followed(&cluster, &sidecar).await;
     sidecar.stop().await;
 
     // The incident's headline finding, on 6.2.

@@ -1267,6 +1267,32 @@ pub async fn ready_until(
     }
 }
 
+/// A planned failover, followed by `sidecar` without a flip of readiness (20 s at most);
+/// returns (old primary, new primary).
+pub async fn planned_failover_followed(cluster: &Cluster, sidecar: &Sidecar) -> (usize, usize) {
+    let (old, new) = cluster.fail_over();
+    ready_until(
+        sidecar,
+        Duration::from_secs(20),
+        roles_swapped(cluster, old, new),
+    )
+    .await;
+    (old, new)
+}
+
+/// Runs `cmd` with `input` on its standard input; its output.
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The metrics show `new` as primary and `old` as replica.
 pub fn roles_swapped(cluster: &Cluster, old: usize, new: usize) -> impl Fn(&str) -> bool + '_ {
     move |m| {

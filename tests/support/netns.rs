@@ -154,21 +154,9 @@ impl Lab {
 
     /// Applies an nftables script in the middle namespace.
     pub fn nft(&self, script: &str) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.mid, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.mid, "nft", "-f", "-"]);
+        let out = super::run_with_input(cmd, script.as_bytes());
         assert!(
             out.status.success(),
             "nft {script}: {}",
