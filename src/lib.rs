@@ -4,15 +4,18 @@
 //! # Layout
 //! - [`config`]: defaults < TOML file < environment, validated into one [`config::Config`];
 //!   every key declared once in [`config::keys`]. Nothing else reads the environment.
-//! - [`probe`]: the only code that talks to Redis: one connection per node, topology
-//!   discovery, PING, INFO, TLS (one crypto provider, system roots read once), the one host
-//!   resolver, and the closed set of failure [`probe::Reason`]s. Knows nothing of HTTP,
-//!   readiness or metrics.
+//! - [`probe`]: the only code that talks to Redis: one connection per node (its own dial: one
+//!   TLS client configuration, system roots read once), topology discovery, PING, INFO, the
+//!   role check with cluster mode disabled, the one host resolver, and the closed set of
+//!   failure [`probe::Reason`]s. Knows nothing of HTTP, readiness or metrics.
 //! - [`breaker`]: the circuit breaker, a pure state machine over check results and time.
 //! - [`schedule`]: jitter and the retry backoff schedule.
 //! - [`health`]: the background loop that runs checks, feeds the breaker and metrics, and
 //!   publishes a [`health::Health`] snapshot on a `watch` channel.
-//! - [`pool`]: the pod's connections to Redis, counted from `/proc/net/tcp` on its own cadence.
+//! - [`pool`]: the pod's connections to Redis on its own cadence: through [`sockdiag`] (netlink,
+//!   filtered by the kernel, with `tcp_info`), else `/proc/net/tcp`; and the pod's TCP reset
+//!   counters ([`tcpstats`]).
+//! - [`canary`]: one idle connection per node that learns the idle age the path cuts.
 //! - [`checks`]: checks beside Redis, each its own task and `watch`: the app's readiness
 //!   (gating) and the OTLP collector (never gating).
 //! - [`certs`]: the node certificates' expiry, read every few hours.
@@ -29,9 +32,10 @@
 //! ```text
 //! config -> spawn ─┬─> health loop (probe, breaker) ──watch: Health──┬─> server
 //!                  │                                                 ├─> pool watcher ──┐
+//!                  │                                                 ├─> idle canary ───┤
 //!                  │                                                 └─> cert watcher ──┤
 //!                  └─> side checks (app, otlp) ──────watch: CheckState──> server        │
-//!   health loop, side checks, pool and cert watchers ──> metrics <── server (on scrape) ┘
+//!   health loop, side checks, watchers and canary ──> metrics <── server (on scrape) ┘
 //! ```
 
 #![forbid(unsafe_code)]
