@@ -96,16 +96,7 @@ async fn main() {
     for s in [&a, &b] {
         s.wait_status("/readyz", 200, Duration::from_secs(60)).await;
     }
-    let targets = [
-        Target {
-            addr: a.addr,
-            pod: "a".into(),
-        },
-        Target {
-            addr: b.addr,
-            pod: "b".into(),
-        },
-    ];
+    let targets = Target::pods(&[&a, &b]);
     let prom = Prometheus::start(&targets, JOB, &format!("{STEP}s"), &rules).await;
     let start = Instant::now();
     let start_unix = unix_now();

@@ -86,16 +86,7 @@ async fn alerts_through_a_real_prometheus() {
     for s in [&a, &b] {
         s.wait_status("/readyz", 200, Duration::from_secs(30)).await;
     }
-    let targets = [
-        Target {
-            addr: a.addr,
-            pod: "a".into(),
-        },
-        Target {
-            addr: b.addr,
-            pod: "b".into(),
-        },
-    ];
+    let targets = Target::pods(&[&a, &b]);
     let prom = Prometheus::start(&targets, JOB, "1s", &rules()).await;
     wait_for(Duration::from_secs(30), "both targets up", || async {
         match prom.targets_up().await {

@@ -30,6 +30,20 @@ pub struct Alert {
     pub value: String,
 }
 
+impl Target {
+    /// Each sidecar as a target, labelled pod `a`, `b`, ... in order.
+    pub fn pods(sidecars: &[&super::Sidecar]) -> Vec<Target> {
+        sidecars
+            .iter()
+            .zip('a'..)
+            .map(|(s, pod)| Target {
+                addr: s.addr,
+                pod: pod.to_string(),
+            })
+            .collect()
+    }
+}
+
 impl Prometheus {
     /// Scrapes `targets` as job `job` every `every` (also the rule evaluation interval), with
     /// `rules` loaded.
