@@ -11,7 +11,8 @@
 //!   which bounds file descriptors;
 //! - a write that makes no progress for [`WRITE_TIMEOUT`] (a client that pipelines requests
 //!   and never reads its answers) fails the connection, so a stalled client is cut loose;
-//! - request heads must arrive within [`HEADER_READ_TIMEOUT`] and fit in 16 KiB.
+//! - request heads must arrive within [`HEADER_READ_TIMEOUT`] and fit in 16 KiB;
+//! - `/metrics` waits its turn in [`super::scrape::ScrapePacer`]; probes never wait.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,6 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::{self, Either};
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -176,10 +180,19 @@ impl Connection {
     async fn serve(mut self, stream: TcpStream, builder: http1::Builder, state: Arc<AppState>) {
         let io = TokioIo::new(WriteDeadline::new(stream, WRITE_TIMEOUT));
         let served = self.entry.served.clone();
-        let service = service_fn(move |req| {
-            let rsp = handle(&state, &req);
-            served.store(true, Ordering::Relaxed);
-            async move { Ok::<_, Infallible>(rsp) }
+        let service = service_fn(move |req: Request<Incoming>| {
+            if req.uri().path() != "/metrics" {
+                let rsp = handle(&state, &req);
+                served.store(true, Ordering::Relaxed);
+                return Either::Left(future::ready(Ok::<_, Infallible>(rsp)));
+            }
+            let (state, served) = (state.clone(), served.clone());
+            Either::Right(async move {
+                state.scrape_turn().await;
+                let rsp = handle(&state, &req);
+                served.store(true, Ordering::Relaxed);
+                Ok(rsp)
+            })
         });
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);

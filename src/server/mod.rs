@@ -17,6 +17,7 @@
 mod connections;
 mod scrape;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,11 +29,12 @@ use tokio::time::Instant;
 
 use crate::checks::SideCheck;
 use crate::config::OnFailure;
-use crate::health::Rx;
+use crate::health::{Health, Rx};
 use crate::metrics::{self, Metrics};
 use crate::probe::NodeReport;
 
 pub use self::connections::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE, bind, serve};
+pub use self::scrape::SCRAPES_PER_SECOND;
 
 /// Longest request target accepted.
 pub const MAX_URI_LEN: usize = 2048;
@@ -46,6 +48,7 @@ pub struct AppState {
     on_failure: OnFailure,
     draining: AtomicBool,
     scrapes: scrape::ScrapeCache,
+    scrape_pacer: scrape::ScrapePacer,
 }
 
 impl AppState {
@@ -62,6 +65,7 @@ impl AppState {
             on_failure,
             draining: AtomicBool::new(false),
             scrapes: scrape::ScrapeCache::default(),
+            scrape_pacer: scrape::ScrapePacer::default(),
         })
     }
 
@@ -70,12 +74,17 @@ impl AppState {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    fn loop_status(&self, now: Instant) -> Result<(), &'static str> {
+    /// Waits for this scrape's turn ([`SCRAPES_PER_SECOND`] at most).
+    async fn scrape_turn(&self) {
+        self.scrape_pacer.turn().await;
+    }
+
+    fn loop_status(&self, health: &Health, now: Instant) -> Result<(), &'static str> {
         // The sender lives in the health loop task: if that task died, the channel is closed.
         if self.health.has_changed().is_err() {
             return Err("health loop exited");
         }
-        if self.health.borrow().stalled(now) {
+        if health.stalled(now) {
             Err("health loop stalled")
         } else {
             Ok(())
@@ -105,16 +114,16 @@ pub fn route(
     accept: Option<&HeaderValue>,
 ) -> Response<Body> {
     if path.len() + query.map_or(0, str::len) > MAX_URI_LEN {
-        return text(StatusCode::URI_TOO_LONG, "request target too long\n");
+        return static_text(StatusCode::URI_TOO_LONG, "request target too long\n");
     }
     let known = matches!(path, "/livez" | "/readyz" | "/metrics")
         || path.starts_with("/readyz/")
         || path.starts_with("/livez/");
     if !known {
-        return text(StatusCode::NOT_FOUND, "not found\n");
+        return static_text(StatusCode::NOT_FOUND, "not found\n");
     }
     if method != Method::GET && method != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        let mut r = static_text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         r.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
@@ -163,7 +172,7 @@ enum Status {
 }
 
 fn live_checks(state: &AppState, now: Instant) -> Vec<Check> {
-    let status = match state.loop_status(now) {
+    let status = match state.loop_status(&state.health.borrow(), now) {
         Ok(()) => Status::Ok,
         Err(why) => Status::Failed(why.into()),
     };
@@ -182,9 +191,11 @@ fn live_checks(state: &AppState, now: Instant) -> Vec<Check> {
 }
 
 fn ready_checks(state: &AppState, now: Instant) -> Vec<Check> {
+    // One read of the published state for the whole answer.
+    let health = state.health.borrow();
     let redis = match state
-        .loop_status(now)
-        .and_then(|()| state.health.borrow().redis_status(now))
+        .loop_status(&health, now)
+        .and_then(|()| health.redis_status(now))
     {
         Ok(()) => Status::Ok,
         Err(why) if state.on_failure == OnFailure::Degraded => Status::Degraded(why.into()),
@@ -199,7 +210,7 @@ fn ready_checks(state: &AppState, now: Instant) -> Vec<Check> {
         Check {
             name: "redis",
             status: redis,
-            note: node_note(&state.health.borrow().nodes),
+            note: node_note(&health.nodes),
         },
         Check {
             name: "shutdown",
@@ -268,10 +279,10 @@ impl<'a> Query<'a> {
 fn checks_rsp(kind: &str, checks: &[Check], q: &Query<'_>, only: Option<&str>) -> Response<Body> {
     if let Some(name) = only {
         let Some(c) = checks.iter().find(|c| c.name == name) else {
-            return text(StatusCode::NOT_FOUND, "not found\n");
+            return static_text(StatusCode::NOT_FOUND, "not found\n");
         };
         return match &c.status {
-            Status::Ok => text(StatusCode::OK, "ok\n"),
+            Status::Ok => static_text(StatusCode::OK, "ok\n"),
             Status::Degraded(why) => text(StatusCode::OK, &format!("degraded: {why}\n")),
             Status::Failed(why) | Status::NonCritical(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -279,30 +290,29 @@ fn checks_rsp(kind: &str, checks: &[Check], q: &Query<'_>, only: Option<&str>) -
             ),
         };
     }
+    let counted = || checks.iter().filter(|c| !q.exclude.contains(&c.name));
+    let failed = counted().any(|c| matches!(c.status, Status::Failed(_)));
+    if !failed && !q.verbose {
+        // The kubelet's case: no body to build, nothing to allocate.
+        let degraded = counted().any(|c| matches!(c.status, Status::Degraded(_)));
+        return static_text(StatusCode::OK, if degraded { "degraded\n" } else { "ok\n" });
+    }
     let mut body = String::new();
-    let mut failed = false;
-    let mut degraded = false;
     for c in checks {
         if q.exclude.contains(&c.name) {
-            body.push_str(&format!("[+]{} excluded: ok\n", c.name));
+            let _ = writeln!(body, "[+]{} excluded: ok", c.name);
             continue;
         }
-        match &c.status {
-            Status::Ok => body.push_str(&format!("[+]{} ok", c.name)),
-            Status::NonCritical(why) => {
-                body.push_str(&format!("[-]{} failed: {why} (non-critical)", c.name))
-            }
-            Status::Degraded(why) => {
-                degraded = true;
-                body.push_str(&format!("[+]{} degraded: {why}", c.name));
-            }
-            Status::Failed(why) => {
-                failed = true;
-                body.push_str(&format!("[-]{} failed: {why}", c.name));
-            }
-        }
+        let _ = match &c.status {
+            Status::Ok => write!(body, "[+]{} ok", c.name),
+            Status::NonCritical(why) => write!(body, "[-]{} failed: {why} (non-critical)", c.name),
+            Status::Degraded(why) => write!(body, "[+]{} degraded: {why}", c.name),
+            Status::Failed(why) => write!(body, "[-]{} failed: {why}", c.name),
+        };
         match &c.note {
-            Some(note) if q.verbose => body.push_str(&format!(" {note}\n")),
+            Some(note) if q.verbose => {
+                let _ = writeln!(body, " {note}");
+            }
             _ => body.push('\n'),
         }
     }
@@ -313,20 +323,19 @@ fn checks_rsp(kind: &str, checks: &[Check], q: &Query<'_>, only: Option<&str>) -
         .map(|e| format!("{e:?}"))
         .collect();
     if !unknown.is_empty() {
-        body.push_str(&format!(
-            "warn: some health checks cannot be excluded: no matches for {}\n",
+        let _ = writeln!(
+            body,
+            "warn: some health checks cannot be excluded: no matches for {}",
             unknown.join(",")
-        ));
+        );
     }
-    if failed {
-        body.push_str(&format!("{kind} check failed\n"));
-        return text(StatusCode::SERVICE_UNAVAILABLE, &body);
-    }
-    if q.verbose {
-        body.push_str(&format!("{kind} check passed\n"));
-        return text(StatusCode::OK, &body);
-    }
-    text(StatusCode::OK, if degraded { "degraded\n" } else { "ok\n" })
+    let (status, verdict) = if failed {
+        (StatusCode::SERVICE_UNAVAILABLE, "failed")
+    } else {
+        (StatusCode::OK, "passed")
+    };
+    let _ = writeln!(body, "{kind} check {verdict}");
+    text(status, &body)
 }
 
 fn metrics_rsp(
@@ -351,15 +360,24 @@ fn metrics_rsp(
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    with_text_headers(status, Bytes::copy_from_slice(body.as_bytes()))
+}
+
+/// [`text`] for a body known at compile time: no copy.
+fn static_text(status: StatusCode, body: &'static str) -> Response<Body> {
+    with_text_headers(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn with_text_headers(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r.headers_mut().insert(
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
