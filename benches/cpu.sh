@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # CPU per request, and probes under a 100m CPU limit, against one local TLS + AUTH cluster:
-# 1. /readyz of the release binary beside a hyper 1 hello-world built at opt-level 3 (its
-#    own target dir), wrk -t1 -c8, alternating, median of $RUNS runs of $DUR;
+# 1. CPU per request: /readyz of the release binary beside a hyper 1 hello-world built at
+#    opt-level 3 (its own target dir). Both servers are pinned to CPU 1 and wrk -t1 -c8 to
+#    CPU 0, runs alternate, and each run reads the server's CPU time (utime + stime) before and
+#    after: microseconds of CPU per request, whoever is the bottleneck. Median of $RUNS runs of
+#    $DUR; the ratio is hello-world's CPU per request over redis-probe's (1.00 = as cheap);
 # 2. the binary in a cgroup limited to 10 % of a core (v1 cpu.cfs_quota_us, or v2 cpu.max),
 #    probed as the kubelet does (a new connection, Connection: close, 1 s timeout) 10 times a
 #    second: idle, then while wrk hammers /metrics. Prints p50, p99, max and failures.
@@ -17,7 +20,10 @@ command -v curl >/dev/null || { echo "curl is needed: apt-get install curl" >&2;
 # SKIP_BUILD=1 uses the binaries already built.
 if [ -z "${SKIP_BUILD:-}" ]; then
   scripts/install-deps
-  cargo build -q --release --bin redis-probe --example local_cluster
+  # The binary on its own: built with the examples, cargo would give it the dev-dependencies'
+  # features (tokio's test-util and process), and it would not be the binary that ships.
+  cargo build -q --release --bin redis-probe
+  cargo build -q --release --example local_cluster
   CARGO_TARGET_DIR=${O3_TARGET:-target/o3} CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
     cargo build -q --release --example hello_hyper
 fi
@@ -44,24 +50,35 @@ for _ in $(seq 1 120); do grep -q "Cluster only" "$work/cluster.log" 2>/dev/null
 envf=$(grep -o '/tmp/[^ ]*redis-probe.env' "$work/cluster.log" | head -1)
 
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
-rps() { wrk -t1 -c8 -d"$DUR" "$1" | awk '/Requests\/sec/{print $2}'; }
+[ "$(nproc)" -ge 2 ] || { echo "two CPUs are needed (servers on one, wrk on the other)" >&2; exit 1; }
+# "req/s cpu_us_per_request" of one wrk run against the server $1 (a pid) at $2.
+cpu_per_request() {
+  local pid=$1 url=$2 t0 t1
+  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  taskset -c 0 wrk -t1 -c8 -d"$DUR" "$url" > "$work/wrk.run"
+  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  awk -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+    '/requests in/{n=$1} /Requests\/sec/{r=$2} END{printf "%s %.2f\n", r, ticks / hz * 1e6 / n}' "$work/wrk.run"
+}
 
-# 1. Throughput per core against the hello-world.
-env -i $(cat "$envf") PROBE_LISTEN=127.0.0.1:18081 PROBE_LOG_LEVEL=warn target/release/redis-probe > "$work/probe.log" 2>&1 &
+# 1. CPU per request against the hello-world.
+env -i $(cat "$envf") PROBE_LISTEN=127.0.0.1:18081 PROBE_LOG_LEVEL=warn taskset -c 1 target/release/redis-probe > "$work/probe.log" 2>&1 &
 probe=$!; pids+=($probe)
-"$hello_bin" 127.0.0.1:18090 > /dev/null 2>&1 &
-pids+=($!)
+taskset -c 1 "$hello_bin" 127.0.0.1:18090 > /dev/null 2>&1 &
+hello=$!; pids+=($hello)
 for _ in $(seq 1 100); do curl -sf -o /dev/null localhost:18081/readyz && break; sleep 0.2; done
-h=(); r=()
+: > "$work/hello"; : > "$work/readyz"
 for _ in $(seq 1 "$RUNS"); do
-  h+=("$(rps http://127.0.0.1:18090/)")
-  r+=("$(rps http://127.0.0.1:18081/readyz)")
+  cpu_per_request "$hello" http://127.0.0.1:18090/ >> "$work/hello"
+  cpu_per_request "$probe" http://127.0.0.1:18081/readyz >> "$work/readyz"
 done
-hm=$(printf '%s\n' "${h[@]}" | median); rm_=$(printf '%s\n' "${r[@]}" | median)
+col() { awk -v c="$1" '{print $c}' "$2" | median; }
+hr=$(col 1 "$work/hello"); hc=$(col 2 "$work/hello"); rr=$(col 1 "$work/readyz"); rc=$(col 2 "$work/readyz")
 echo "machine: $(nproc) cores; release binary $(stat -c %s target/release/redis-probe) bytes"
-printf '\n| wrk -t1 -c8, median of %s x %s | req/s | vs hello-world |\n|---|---|---|\n' "$RUNS" "$DUR"
-printf '| hyper hello-world, opt-level 3 | %s | 1.00 |\n' "$hm"
-printf '| redis-probe /readyz, release profile | %s | %.2f |\n' "$rm_" "$(awk -v a="$rm_" -v b="$hm" 'BEGIN{print a/b}')"
+echo "runs (req/s, CPU us per request): hello-world $(paste -sd';' "$work/hello"); /readyz $(paste -sd';' "$work/readyz")"
+printf '\n| wrk -t1 -c8 on CPU 0, server on CPU 1, median of %s x %s | req/s | CPU us per request | vs hello-world |\n|---|---|---|---|\n' "$RUNS" "$DUR"
+printf '| hyper hello-world, opt-level 3 | %s | %s | 1.00 |\n' "$hr" "$hc"
+printf '| redis-probe /readyz, release profile | %s | %s | %.2f |\n' "$rr" "$rc" "$(awk -v a="$hc" -v b="$rc" 'BEGIN{print a/b}')"
 
 # 2. The same binary under a 100m limit.
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
@@ -90,7 +107,7 @@ summary() {
   echo "$((ok + fails)) | $fails | $(at 0.5) | $(at 0.99) | $(tail -1 "$f.ok")"
 }
 probes /readyz > "$work/idle"
-wrk -t2 -c8 -d$((PROBES / 10 + 5))s http://127.0.0.1:18081/metrics > "$work/wrk.out" &
+taskset -c 0 wrk -t2 -c8 -d$((PROBES / 10 + 5))s http://127.0.0.1:18081/metrics > "$work/wrk.out" &
 wrkpid=$!; pids+=($wrkpid)
 sleep 1
 probes /readyz > "$work/hammered"
