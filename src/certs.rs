@@ -1,11 +1,15 @@
 //! The certificate watcher: exports each node's TLS certificate expiry
 //! (`redis_tls_cert_expiry_timestamp_seconds`), after the first check that found nodes, then
-//! every [`CERT_CHECK_INTERVAL`]. Only certificates that verify are exported, and a node that
-//! left the topology takes its series along. One short TLS connection per node each time, no AUTH, no
-//! command ([`crate::probe::tls::inspect`]).
+//! every [`CERT_CHECK_INTERVAL`]; a node that joins the topology is read when it joins, and one
+//! that leaves takes its series along at once. Only certificates that verify are exported. One
+//! short TLS connection per node each time, no AUTH, no command
+//! ([`crate::probe::tls::inspect`]).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::{HostPort, TlsConfig};
 use crate::health;
@@ -28,31 +32,50 @@ pub async fn watch(
         }
     };
     record_client();
+    // Each node of the topology, and its verified certificate's expiry when it has one.
+    let mut seen: HashMap<HostPort, Option<i64>> = HashMap::new();
+    let mut next_round = Instant::now();
     loop {
-        let nodes: Vec<HostPort> = health
-            .borrow()
+        let nodes: HashSet<HostPort> = health
+            .borrow_and_update()
             .nodes
             .iter()
             .map(|n| n.addr.clone())
             .collect();
-        if nodes.is_empty() {
-            if health.changed().await.is_err() {
-                return;
-            }
-            continue;
+        let round = !nodes.is_empty() && Instant::now() >= next_round;
+        if round {
+            seen.clear();
+            next_round = Instant::now() + CERT_CHECK_INTERVAL;
+            record_client();
         }
-        let mut verified = Vec::with_capacity(nodes.len());
+        // Departed nodes take their series along at once; nodes that joined are read now,
+        // the others at the next round.
+        let before = seen.len();
+        seen.retain(|addr, _| nodes.contains(addr));
+        let mut changed = round || seen.len() != before;
         for addr in nodes {
+            if seen.contains_key(&addr) {
+                continue;
+            }
             // An expiry read from a certificate that does not verify says nothing about the
             // one the probe trusts: not exported.
-            if let Ok(info) = tls::inspect(&addr, &tls, timeout).await
-                && info.verified
-            {
-                verified.push((addr.to_string(), info.not_after));
-            }
+            let expiry = match tls::inspect(&addr, &tls, timeout).await {
+                Ok(info) if info.verified => Some(info.not_after),
+                _ => None,
+            };
+            seen.insert(addr, expiry);
+            changed = true;
         }
-        metrics.tls.record_expiries(&verified);
-        tokio::time::sleep(CERT_CHECK_INTERVAL).await;
-        record_client();
+        if changed {
+            let verified: Vec<(String, i64)> = seen
+                .iter()
+                .filter_map(|(addr, e)| Some((addr.to_string(), (*e)?)))
+                .collect();
+            metrics.tls.record_expiries(&verified);
+        }
+        tokio::select! {
+            changed = health.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep_until(next_round), if !seen.is_empty() => {}
+        }
     }
 }
