@@ -132,6 +132,17 @@ async fn healthy_report_and_each_fault_as_a_finding() {
     drift.push(("PROBE_EXPECTED_SHARDS".into(), "5".into()));
     assert_finding(&diagnose(&drift, &[]), "shard_drift");
 
+    let mut capped = env.clone();
+    capped.push(("PROBE_MAX_NODES".into(), "4".into()));
+    let r = diagnose(&capped, &[]);
+    assert_finding(&r, "topology_truncated");
+    assert!(
+        r.text
+            .contains("the cluster reports 2 nodes more than the 4 redis-probe follows"),
+        "{}",
+        r.text
+    );
+
     for i in 0..cluster.nodes.len() {
         assert!(
             cluster

@@ -215,6 +215,8 @@ keys! {
         "maxclients to assume when neither INFO nor `CONFIG GET` tells (ElastiCache disables CONFIG; its limit is 65,000).";
     PROBE_EXPECTED_SHARDS: Unsigned = "cluster.expected_shards", Unset,
         "Shards the cluster should have (what the infrastructure code declares); exported for drift alerts.";
+    PROBE_MAX_NODES: Count<10000> = "cluster.max_nodes", Value("1000"),
+        "Most nodes followed; a topology with more keeps whole shards in order up to this many, with one log line and a `topology_truncated` finding in `diagnose`. Bounds connections, memory and series whatever a server reports (ElastiCache's largest cluster has 500 nodes).";
     PROBE_IDLE_CANARY: OffOrPositive = "cluster.idle_canary", Value("6m"),
         "The longest idle the canary tests: per node one more connection, left idle and then PINGed, learns the idle age at which something on the path cuts connections (`redis_idle_cut_seconds`). 6 minutes covers AWS's 350 s idle timeouts (NLB, Network Firewall, Nitro v6 connection tracking); it costs one connection per node per pod and one PING per node per idle. `0` turns it off.";
     PROBE_POOL_INTERVAL: Positive = "pool.interval", Value("15s"),

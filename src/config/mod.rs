@@ -201,6 +201,8 @@ pub struct RedisConfig {
     pub app_pool: AppPool,
     pub password_from_secrets: bool,
     pub aws_secret_name: Option<String>,
+    /// Most nodes followed (`PROBE_MAX_NODES`).
+    pub max_nodes: usize,
 }
 
 /// What `/readyz` says when Redis is down.

@@ -57,6 +57,7 @@ fn redis(r: &mut Reader<'_>) -> Option<RedisConfig> {
     let app_pool = app_pool(r);
     let password_from_secrets = r.get(REDIS_PASSWORD_FROM_SECRETS).unwrap_or(false);
     let aws_secret_name = r.get(AWS_SECRET_NAME);
+    let max_nodes = r.get(PROBE_MAX_NODES);
     if password_from_secrets && password == Some(PasswordSource::None) {
         let message = format!(
             "{}=true but neither {} nor {} is set: redis-probe does not call a secret store; \
@@ -80,6 +81,7 @@ fn redis(r: &mut Reader<'_>) -> Option<RedisConfig> {
         app_pool,
         password_from_secrets,
         aws_secret_name,
+        max_nodes: max_nodes? as usize,
     })
 }
 

@@ -57,7 +57,7 @@ pub enum Code {
     ClusterState,
     /// The shards serving slots are not the ones declared (`PROBE_EXPECTED_SHARDS`).
     ShardDrift,
-    /// The topology has more nodes than the sidecar follows (`probe::MAX_NODES`).
+    /// The topology has more nodes than the sidecar follows (`PROBE_MAX_NODES`).
     TopologyTruncated,
     /// One node's PING is much slower than the others'.
     SlowNode,

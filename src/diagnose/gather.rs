@@ -42,7 +42,7 @@ pub(super) async fn report(config: &Config, opts: &Options) -> Report {
                 let message = format!(
                     "the cluster reports {} nodes more than the {} redis-probe follows",
                     probe.dropped_nodes(),
-                    crate::probe::MAX_NODES
+                    probe.max_nodes()
                 );
                 f.add(Code::TopologyTruncated, message);
             }

@@ -54,11 +54,6 @@ pub use self::topology::{Role, Topology};
 use crate::config::parse::{CertFile, KeyFile, Parser};
 use crate::config::{HostPort, PasswordSource, RedisConfig, Secret, TlsConfig, read_password_file};
 
-/// Most nodes a topology may have; the rest are dropped with a log line (and a `diagnose`
-/// finding). ElastiCache allows 500 shards of up to 6 nodes; 1,000 covers any real cluster
-/// this sidecar is meant for and keeps connections and series bounded.
-pub const MAX_NODES: usize = 1000;
-
 /// What one node did in one attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeReport {
@@ -164,6 +159,8 @@ struct Settings {
     tls: Option<TlsConfig>,
     dial_timeout: Duration,
     read_timeout: Duration,
+    /// Most nodes followed (`PROBE_MAX_NODES`); the rest are dropped with a log line.
+    max_nodes: usize,
 }
 
 impl Settings {
@@ -176,6 +173,7 @@ impl Settings {
             tls: config.tls.clone(),
             dial_timeout: config.dial_timeout,
             read_timeout: config.read_timeout,
+            max_nodes: config.max_nodes,
         }
     }
 
@@ -203,7 +201,7 @@ pub struct RedisProbe {
     info_form: view::InfoForm,
     /// Commands the server refused, each logged once.
     refused: HashSet<&'static str>,
-    /// Nodes dropped from the last topology read ([`MAX_NODES`]).
+    /// Nodes dropped from the last topology read (`PROBE_MAX_NODES`).
     dropped_nodes: usize,
     /// `CLUSTER INFO` as read with the last topology, for the next INFO read to publish
     /// (with the lines that did not parse): no second `CLUSTER INFO` is sent for it.
@@ -317,9 +315,14 @@ impl RedisProbe {
         self.topology.as_ref()
     }
 
-    /// Nodes the last topology read dropped beyond [`MAX_NODES`].
+    /// Nodes the last topology read dropped beyond `PROBE_MAX_NODES`.
     pub fn dropped_nodes(&self) -> usize {
         self.dropped_nodes
+    }
+
+    /// Most nodes followed (`PROBE_MAX_NODES`).
+    pub fn max_nodes(&self) -> usize {
+        self.settings.max_nodes
     }
 
     /// The set-up redis-rs sends on a new connection: the user, the password in use, the
@@ -487,12 +490,12 @@ impl RedisProbe {
             reason: Reason::Other,
             detail: format!("{addr}: {e}"),
         })?;
-        let (t, dropped) = t.capped(MAX_NODES);
+        let (t, dropped) = t.capped(self.settings.max_nodes);
         if dropped > 0 && self.dropped_nodes == 0 {
             tracing::warn!(
                 node = %addr,
                 dropped,
-                kept = MAX_NODES,
+                kept = self.settings.max_nodes,
                 "topology has more nodes than redis-probe follows; the rest are ignored"
             );
         }

@@ -1,0 +1,140 @@
+//! Topologies the sidecar must keep bounded, from real clusters and the binary: one with more
+//! nodes than `PROBE_MAX_NODES`, and one whose node announces a new address again and again.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::proxy::ResetProxy;
+use support::{Cluster, Options, Sidecar, sample, with_vars};
+
+const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
+
+/// Every `node` label value in a scrape, whatever the family.
+fn node_labels(metrics: &str) -> BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = &l[l.find("node=\"")? + 6..];
+            Some(rest[..rest.find('"')?].to_string())
+        })
+        .collect()
+}
+
+/// Scrapes until `done` holds, or fails after `limit` with the last scrape.
+async fn scrape_until(
+    sidecar: &Sidecar,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let started = Instant::now();
+    loop {
+        let m = sidecar.metrics().await;
+        if done(&m) {
+            return m;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what} not seen in {limit:?}; nodes {:?} in the last scrape:\n{m}",
+            node_labels(&m)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_over_the_cap_keeps_whole_shards_up_to_it() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let env = with_vars(
+        cluster.patient_env(),
+        &[("PROBE_MAX_NODES", "4"), ("PROBE_INFO_INTERVAL", "1s")],
+    );
+    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let m = scrape_until(&sidecar, Duration::from_secs(30), "5 checks", |m| {
+        sample(m, "redis_health_checks_total").unwrap_or(0.0) >= 5.0
+    })
+    .await;
+
+    let followed = node_labels(&m);
+    assert_eq!(followed.len(), 4, "{followed:?} in\n{m}");
+    assert_eq!(sample(&m, "redis_probe_connections"), Some(4.0), "{m}");
+    // Whole shards: a primary is followed with its replica, or not at all.
+    for p in cluster.primaries() {
+        let r = cluster.replica_of(p);
+        assert_eq!(
+            followed.contains(&cluster.nodes[p].addr()),
+            followed.contains(&cluster.nodes[r].addr()),
+            "shard of node {p} cut in half: {followed:?}"
+        );
+    }
+    let logs = sidecar.logs();
+    assert_eq!(
+        logs.matches("topology has more nodes than redis-probe follows")
+            .count(),
+        1,
+        "one line, not one per check:\n{logs}"
+    );
+    assert!(logs.contains("\"dropped\":2"), "{logs}");
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_keeps_moving_leaves_no_series_or_connection_behind() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    // Per-node series from INFO and the pod's socket view are refreshed every second, so a
+    // departed node's series must be gone within seconds whichever family holds them.
+    let env = with_vars(
+        cluster.patient_env(),
+        &[("PROBE_INFO_INTERVAL", "1s"), ("PROBE_POOL_INTERVAL", "1s")],
+    );
+    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let moving = cluster.replica_of(cluster.primaries()[0]);
+    let upstream = SocketAddr::from(([127, 0, 0, 1], cluster.nodes[moving].port));
+    let others: BTreeSet<String> = (0..cluster.nodes.len())
+        .filter(|i| *i != moving)
+        .map(|i| cluster.nodes[i].addr())
+        .collect();
+    let mut old = cluster.nodes[moving].addr();
+    let mut _current = None;
+    for round in 0..10 {
+        // The node announces a new port, served by a new forwarder to the same server.
+        let proxy = ResetProxy::start(upstream).await;
+        let new = format!("127.0.0.1:{}", proxy.addr.port());
+        let port = proxy.addr.port().to_string();
+        let out = cluster.cli(
+            moving,
+            &["CONFIG", "SET", "cluster-announce-tls-port", &port],
+        );
+        assert!(out.contains("OK"), "CONFIG SET: {out}");
+        let what = format!("round {round}: {old} replaced by {new}");
+        let m = scrape_until(&sidecar, Duration::from_secs(30), &what, |m| {
+            let labels = node_labels(m);
+            sample(m, &format!("redis_node_up{{node=\"{new}\"}}")) == Some(1.0)
+                && !labels.contains(&old)
+                && labels.len() == 6
+        })
+        .await;
+        let labels = node_labels(&m);
+        assert!(labels.is_superset(&others), "{labels:?}");
+        assert_eq!(sample(&m, "redis_probe_connections"), Some(6.0), "{m}");
+        // The forwarder of the address before is closed: nothing may still use it.
+        _current = Some(proxy);
+        old = new;
+    }
+    assert_eq!(sidecar.get("/readyz").await.0, 200);
+    sidecar.stop().await;
+}
