@@ -4,7 +4,8 @@
 #    opt-level 3 (its own target dir). Both servers are pinned to CPU 1 and wrk -t1 -c8 to
 #    CPU 0, runs alternate, and each run reads the server's CPU time (utime + stime) before and
 #    after: microseconds of CPU per request, whoever is the bottleneck. Median of $RUNS runs of
-#    $DUR; the ratio is hello-world's CPU per request over redis-probe's (1.00 = as cheap);
+#    $DUR; the ratio is hello-world's CPU per request over redis-probe's (1.00 = as cheap),
+#    taken per pair of neighbouring runs, median;
 # 2. the binary in a cgroup limited to 10 % of a core (v1 cpu.cfs_quota_us, or v2 cpu.max),
 #    probed as the kubelet does (a new connection, Connection: close, 1 s timeout) 10 times a
 #    second: idle, then while wrk hammers /metrics. Prints p50, p99, max and failures.
@@ -78,7 +79,9 @@ echo "machine: $(nproc) cores; release binary $(stat -c %s target/release/redis-
 echo "runs (req/s, CPU us per request): hello-world $(paste -sd';' "$work/hello"); /readyz $(paste -sd';' "$work/readyz")"
 printf '\n| wrk -t1 -c8 on CPU 0, server on CPU 1, median of %s x %s | req/s | CPU us per request | vs hello-world |\n|---|---|---|---|\n' "$RUNS" "$DUR"
 printf '| hyper hello-world, opt-level 3 | %s | %s | 1.00 |\n' "$hr" "$hc"
-printf '| redis-probe /readyz, release profile | %s | %s | %.2f |\n' "$rr" "$rc" "$(awk -v a="$hc" -v b="$rc" 'BEGIN{print a/b}')"
+# The ratio of each pair of runs next to each other (the machine's speed drifts), median.
+ratio=$(paste -d' ' "$work/hello" "$work/readyz" | awk '{printf "%.3f\n", $2 / $4}' | median)
+printf '| redis-probe /readyz, release profile | %s | %s | %.2f (median of the paired runs) |\n' "$rr" "$rc" "$ratio"
 
 # 2. The same binary under a 100m limit.
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
