@@ -6,7 +6,8 @@
 #    after: microseconds of CPU per request, whoever is the bottleneck. Median of $RUNS runs of
 #    $DUR; the ratio is hello-world's CPU per request over redis-probe's (1.00 = as cheap),
 #    taken per pair of neighbouring runs, median;
-# 2. the binary in a cgroup limited to 10 % of a core (v1 cpu.cfs_quota_us, or v2 cpu.max),
+# 2. the binary in a cgroup limited to 10 % of a core (v1 cpu.cfs_quota_us, or v2 cpu.max;
+#    it finds the limit and paces /metrics to 100 scrapes/s),
 #    probed as the kubelet does (a new connection, Connection: close, 1 s timeout) 10 times a
 #    second: idle, then while wrk hammers /metrics. Prints p50, p99, max and failures.
 #
@@ -91,7 +92,12 @@ else
   echo 100000 > "$cg/cpu.cfs_period_us"; echo 10000 > "$cg/cpu.cfs_quota_us"
 fi
 echo "$probe" > "$cg/cgroup.procs"
-sleep 2
+# The sidecar reads its limit every 5 s (redis_probe_cpu_limit_cores) and paces /metrics to it.
+for _ in $(seq 1 100); do
+  curl -s localhost:18081/metrics | grep -q '^redis_probe_cpu_limit_cores 0.1$' && break; sleep 0.2
+done
+curl -s localhost:18081/metrics | grep -q '^redis_probe_cpu_limit_cores 0.1$' ||
+  { echo "the sidecar did not find its 100m limit" >&2; exit 1; }
 # Times of $PROBES kubelet-style probes, 10 a second: "ms" lines, or "fail".
 probes() {
   for _ in $(seq 1 "$PROBES"); do
@@ -113,9 +119,12 @@ probes /readyz > "$work/idle"
 taskset -c 0 wrk -t2 -c8 -d$((PROBES / 10 + 5))s http://127.0.0.1:18081/metrics > "$work/wrk.out" &
 wrkpid=$!; pids+=($wrkpid)
 sleep 1
+cpu0=$(awk '{print $14 + $15}' "/proc/$probe/stat"); t0=$(date +%s.%N)
 probes /readyz > "$work/hammered"
+cpu1=$(awk '{print $14 + $15}' "/proc/$probe/stat"); t1=$(date +%s.%N)
 wait "$wrkpid" || true
 scrapes=$(awk '/Requests\/sec/{print $2}' "$work/wrk.out")
+share=$(awk -v c=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", c / hz / (b - a) / 0.1 * 100}')
 printf '\n| 100m CPU limit, /readyz probes (new connection, 1 s timeout) | probes | failed | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n'
 printf '| idle | %s |\n' "$(summary "$work/idle")"
-printf '| wrk -t2 -c8 on /metrics (%s scrapes/s served) | %s |\n' "$scrapes" "$(summary "$work/hammered")"
+printf '| wrk -t2 -c8 on /metrics (%s scrapes/s served; the sidecar used %s %% of its limit) | %s |\n' "$scrapes" "$share" "$(summary "$work/hammered")"

@@ -18,11 +18,13 @@
 //! - [`canary`]: one idle connection per node that learns the idle age the path cuts.
 //! - [`checks`]: checks beside Redis, each its own task and `watch`: the app's readiness
 //!   (gating) and the OTLP collector (never gating).
-//! - [`certs`]: the node certificates' expiry, read every few hours.
+//! - [`certs`]: the node certificates' expiry, read every few hours and when nodes join.
+//! - [`cpulimit`]: the CPU the cgroup's CFS quota allows, which paces `/metrics`.
 //! - [`otlp`]: the OpenTelemetry exporter variables and their lint.
 //! - [`metrics`]: the Prometheus registry, in groups; each group registers its series and is
 //!   written through methods named for what happened.
-//! - [`server`]: hyper handlers that read the published state; no request waits on Redis.
+//! - [`server`]: hyper handlers that read the published state; no request waits on Redis (a
+//!   scrape over the CPU limit's pace waits on a timer).
 //! - [`diagnose`]: the one-shot report of `redis-probe diagnose`, reusing the probe, pool and
 //!   checks: one function gathers each section, one renders it.
 //! - [`logging`]: JSON (`ts`, `level`, `msg`) or text log lines.
@@ -45,6 +47,7 @@ pub mod canary;
 pub mod certs;
 pub mod checks;
 pub mod config;
+pub mod cpulimit;
 pub mod diagnose;
 pub mod health;
 pub mod logging;
@@ -131,6 +134,7 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
     }
     let side_checks = checks::spawn_all(config, &metrics, RandomJitter, &mut tasks);
     let state = AppState::new(health, metrics, config.probe.on_failure, side_checks);
+    tasks.spawn(server::follow_cpu_limit(state.clone()));
     Ok(Sidecar { state, tasks })
 }
 

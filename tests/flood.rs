@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Cluster, Options, Sidecar};
+use support::cgroup::CpuLimit;
+use support::{Cluster, Options, Sidecar, sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -168,7 +169,7 @@ async fn kubelet_probes_answer_through_a_flood() {
         load.spawn(poller(addr, first, stopping.clone()));
     }
     let scrapes = Arc::new(AtomicUsize::new(0));
-    let hammering = Instant::now();
+
     for _ in 0..4 {
         load.spawn(hammer(addr, stopping.clone(), scrapes.clone()));
     }
@@ -194,7 +195,7 @@ async fn kubelet_probes_answer_through_a_flood() {
         .await
         .unwrap();
     let _ = stop.send(true);
-    let hammered = hammering.elapsed();
+
     answered.sort();
     let p = |q: f64| answered[((answered.len() - 1) as f64 * q) as usize];
     println!(
@@ -217,12 +218,6 @@ async fn kubelet_probes_answer_through_a_flood() {
         scrapes > 100,
         "the hammer hardly ran: the flood was not one"
     );
-    // Scrapes are paced, whoever asks: the hammer got no more than its share of the pace.
-    let most = hammered.as_secs_f64() * f64::from(redis_probe::server::SCRAPES_PER_SECOND) + 1.0;
-    assert!(
-        scrapes as f64 <= most,
-        "{scrapes} scrapes in {hammered:?}: more than the pace allows"
-    );
     // Every client that stopped reading was cut loose, within the write timeout and the
     // eviction grace of becoming stuck (with room for a loaded machine).
     for p in pipeliners {
@@ -232,6 +227,102 @@ async fn kubelet_probes_answer_through_a_flood() {
             .unwrap();
         assert!(cut < Duration::from_secs(30), "{cut:?}");
     }
+    load.shutdown().await;
+    sidecar.stop().await;
+}
+
+/// Kubelet-style probes, 10 a second for `secs`, alternating `/readyz` and `/livez`, on a thread
+/// of their own: (answer times, failures).
+fn probe_for(addr: SocketAddr, secs: u64) -> std::thread::JoinHandle<(Vec<Duration>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut answered, mut failures) = (vec![], vec![]);
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(secs);
+        let mut i = 0;
+        while Instant::now() < until {
+            let path = if i % 2 == 0 { "/readyz" } else { "/livez" };
+            match kubelet_probe(addr, path) {
+                Ok(took) => answered.push(took),
+                Err(e) => failures.push(format!("at {:?}: {e}", t0.elapsed())),
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (answered, failures)
+    })
+}
+
+/// The shape: the sidecar in a cgroup limited to 100m, `/metrics` hammered, the kubelet
+/// probing. The sidecar finds its limit, paces scrapes to it, and every probe answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_under_a_100m_cpu_limit_while_metrics_is_hammered() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
+        .await
+        .unwrap();
+    let sidecar = Sidecar::spawn_binary(BIN, &cluster.patient_env()).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let unlimited = sidecar.metrics().await;
+    assert_eq!(
+        sample(&unlimited, "redis_probe_cpu_limit_cores"),
+        Some(0.0),
+        "{unlimited}"
+    );
+    let _limit = CpuLimit::apply(sidecar.pid().unwrap(), 100);
+    let started = Instant::now();
+    loop {
+        let m = sidecar.metrics().await;
+        if sample(&m, "redis_probe_cpu_limit_cores") == Some(0.1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the 100m limit was not found in 20 s:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = sidecar.logs();
+    assert!(logs.contains("\"scrapes_per_second\":100"), "{logs}");
+
+    let addr = sidecar.addr;
+    let (stop, stopping) = watch::channel(false);
+    let scrapes = Arc::new(AtomicUsize::new(0));
+    let hammering = Instant::now();
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        load.spawn(hammer(addr, stopping.clone(), scrapes.clone()));
+    }
+    let prober = probe_for(addr, 10);
+    let (mut answered, failures) = tokio::task::spawn_blocking(move || prober.join().unwrap())
+        .await
+        .unwrap();
+    let _ = stop.send(true);
+    let hammered = hammering.elapsed();
+    answered.sort();
+    let p = |q: f64| answered[((answered.len() - 1) as f64 * q) as usize];
+    let scrapes = scrapes.load(Ordering::Relaxed);
+    println!(
+        "under 100m: {} probes, {} failed; p50 {:?}, p99 {:?}; {scrapes} scrapes in {hammered:?}",
+        answered.len() + failures.len(),
+        failures.len(),
+        p(0.5),
+        p(0.99),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} probes failed: {:?}",
+        failures.len(),
+        answered.len() + failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(scrapes > 100, "the hammer hardly ran: {scrapes} scrapes");
+    // Paced to the limit: 100 a second, whoever asks.
+    let most = hammered.as_secs_f64() * 100.0 + 1.0;
+    assert!(
+        scrapes as f64 <= most,
+        "{scrapes} scrapes in {hammered:?}: more than the pace allows"
+    );
     load.shutdown().await;
     sidecar.stop().await;
 }

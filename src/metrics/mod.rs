@@ -11,7 +11,7 @@
 //! | [`CheckMetrics`] | `redis_probe_check_up`, `redis_probe_check_failures` | the checks beside Redis |
 //! | [`TlsMetrics`] | `redis_tls_cert_expiry_timestamp_seconds` | the certificate watcher |
 //! | [`CanaryMetrics`] | `redis_idle_cut_seconds`, `redis_idle_canary_total` | the idle canary |
-//! | [`Metrics`] itself | `redis_probe_ready`, `redis_probe_build_info`, `redis_probe_parse_errors`, `redis_probe_config_warning` | the server (ready, on scrape), the INFO and /proc parsers, start-up |
+//! | [`Metrics`] itself | `redis_probe_ready`, `redis_probe_build_info`, `redis_probe_parse_errors`, `redis_probe_config_warning`, `redis_probe_cpu_limit_cores` | the server (ready, on scrape; the CPU limit it paces scrapes by), the INFO and /proc parsers, start-up |
 //!
 //! Every label value known in advance (each failure reason, each breaker state and transition,
 //! each attempt result) is created at start so dashboards and `rate()` see zeros instead of
@@ -29,6 +29,7 @@ mod tls;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -100,6 +101,7 @@ pub struct Metrics {
     ready: Gauge,
     parse_errors: Family<SourceLabel, Counter>,
     config_warning: Family<KindLabel, Gauge>,
+    cpu_limit: Gauge<f64, AtomicU64>,
 }
 
 // === impl Metrics ===
@@ -124,6 +126,7 @@ impl Metrics {
             ready: Gauge::default(),
             parse_errors: Family::default(),
             config_warning: Family::default(),
+            cpu_limit: Gauge::default(),
             registry,
             health,
             breaker,
@@ -172,7 +175,17 @@ impl Metrics {
             "1 for each kind of questionable setting found at start-up (OTEL exporter variables, app settings not readable, ...)",
             self.config_warning.clone(),
         );
+        r.register(
+            "cpu_limit_cores",
+            "CPUs the cgroup's CFS quota allows this process (0.1 for 100m); 0 when unlimited. Sets the /metrics pace",
+            self.cpu_limit.clone(),
+        );
         self
+    }
+
+    /// The CPU limit now; `None` exports 0.
+    pub fn set_cpu_limit(&self, cores: Option<f64>) {
+        self.cpu_limit.set(cores.unwrap_or(0.0));
     }
 
     /// What `/readyz` answers now; the server sets it just before it encodes a scrape.

@@ -34,7 +34,36 @@ use crate::metrics::{self, Metrics};
 use crate::probe::NodeReport;
 
 pub use self::connections::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE, bind, serve};
-pub use self::scrape::SCRAPES_PER_SECOND;
+pub use self::scrape::SCRAPES_PER_CPU_SECOND;
+
+/// How often the CPU limit is read again (Kubernetes can resize a pod in place).
+pub const CPU_LIMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Follows the process's CPU limit (`crate::cpulimit`, read on a blocking thread) and paces
+/// scrapes to it; logs each change.
+pub async fn follow_cpu_limit(state: Arc<AppState>) {
+    let mut last: Option<Option<f64>> = None;
+    loop {
+        let cores = tokio::task::spawn_blocking(crate::cpulimit::cpu_limit)
+            .await
+            .ok()
+            .flatten();
+        if last != Some(cores) {
+            state.set_cpu_limit(cores);
+            match (cores, state.scrape_pacer.rate()) {
+                (Some(c), Some(rate)) => tracing::info!(
+                    cpu_limit = c,
+                    scrapes_per_second = rate.round() as u64,
+                    "CPU limit found: /metrics paced so that probes keep the CPU"
+                ),
+                _ if last.is_some() => tracing::info!("no CPU limit: /metrics not paced"),
+                _ => {}
+            }
+            last = Some(cores);
+        }
+        tokio::time::sleep(CPU_LIMIT_INTERVAL).await;
+    }
+}
 
 /// Longest request target accepted.
 pub const MAX_URI_LEN: usize = 2048;
@@ -74,9 +103,15 @@ impl AppState {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Waits for this scrape's turn ([`SCRAPES_PER_SECOND`] at most).
+    /// Waits for this scrape's turn ([`SCRAPES_PER_CPU_SECOND`] per core of the CPU limit).
     async fn scrape_turn(&self) {
         self.scrape_pacer.turn().await;
+    }
+
+    /// The CPU limit now (`None`: none), which sets the scrape pace.
+    pub fn set_cpu_limit(&self, cores: Option<f64>) {
+        self.scrape_pacer.set_limit(cores);
+        self.metrics.set_cpu_limit(cores);
     }
 
     fn loop_status(&self, health: &Health, now: Instant) -> Result<(), &'static str> {

@@ -3,13 +3,15 @@
 //! - [`ScrapeCache`]: the encoded body, reused for [`SCRAPE_REUSE`] while `/readyz`'s answer is
 //!   the same and the health loop has recorded nothing new. Prometheus scrapes every 15-60 s, so
 //!   nobody can tell.
-//! - [`ScrapePacer`]: at most [`SCRAPES_PER_SECOND`] scrapes are answered a second, in the order
-//!   they came; one over waits its turn (a timer, no CPU). Under a CFS quota a hammer served at
-//!   full speed spends the period's quota in its first milliseconds, and a probe arriving after
-//!   that waits for the next period (78 ms p50 under 100m before the pacer): paced, the hammer
-//!   spends a few percent of the quota and probes never meet the throttle. Probes are never paced.
+//! - [`ScrapePacer`]: under a CPU limit, at most [`SCRAPES_PER_CPU_SECOND`] scrapes a second
+//!   per core of the limit are answered, in the order they came; one over waits its turn (a
+//!   timer, no CPU). Under a CFS quota a hammer served at full speed spends the period's quota
+//!   in its first milliseconds, and a probe arriving after that waits for the next period
+//!   (78 ms p50 under 100m before the pacer): paced, the hammer leaves most of the quota to the
+//!   probes, which never meet the throttle. Probes are never paced; without a limit nothing is.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::body::Bytes;
@@ -20,36 +22,53 @@ use crate::metrics::Metrics;
 /// How long one encoding of `/metrics` is served again.
 pub const SCRAPE_REUSE: Duration = Duration::from_millis(100);
 
-/// Scrapes answered a second at most, all clients together: 2 Prometheus replicas scraping
-/// every 15 s ask for 0.13. At 100, a scrape waits at most 10 ms per scrape ahead of it, and
-/// [`super::MAX_CONNECTIONS`] clients each asking at once wait 2.6 s at the longest, inside
-/// Prometheus's default 10 s scrape timeout.
-pub const SCRAPES_PER_SECOND: u32 = 100;
+/// Scrapes answered per second of the CPU limit, all clients together: 100 a second under
+/// 100m, 1,000 under one core, unpaced without a limit (`crate::cpulimit`). A scrape costs
+/// about 26 µs of CPU here (HTTP and the kernel's share included), so the pace leaves scrapes a
+/// quarter of the limit at most. 2 Prometheus replicas scraping every 15 s ask for 0.13 a
+/// second; at 100 a second [`super::MAX_CONNECTIONS`] clients asking at once wait 2.6 s at the
+/// longest, inside Prometheus's default 10 s scrape timeout.
+pub const SCRAPES_PER_CPU_SECOND: f64 = 1000.0;
 
-/// Spaces scrapes [`SCRAPES_PER_SECOND`] apart, first come first served.
+/// Spaces scrapes apart when the CPU is limited, first come first served.
+#[derive(Default)]
 pub(super) struct ScrapePacer {
-    interval: Duration,
+    /// Nanoseconds between two scrapes; 0 for no pace.
+    interval_ns: AtomicU64,
     /// When the next scrape may be answered; the lock is the queue (tokio's is fair).
-    next: tokio::sync::Mutex<Instant>,
-}
-
-impl Default for ScrapePacer {
-    fn default() -> Self {
-        ScrapePacer {
-            interval: Duration::from_secs(1) / SCRAPES_PER_SECOND,
-            next: tokio::sync::Mutex::new(Instant::now()),
-        }
-    }
+    next: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl ScrapePacer {
-    /// Returns when this scrape's turn has come: at once when the last one was answered
-    /// [`SCRAPES_PER_SECOND`]⁻¹ ago or more. A scrape dropped while waiting (its client went
+    /// Paces for a CPU limit of `cores` ([`SCRAPES_PER_CPU_SECOND`] each); `None` for none.
+    pub fn set_limit(&self, cores: Option<f64>) {
+        let ns = cores
+            .filter(|c| *c > 0.0)
+            .map_or(0, |c| (1e9 / (SCRAPES_PER_CPU_SECOND * c)) as u64);
+        self.interval_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// Scrapes a second at most, `None` when unpaced.
+    pub fn rate(&self) -> Option<f64> {
+        match self.interval_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(1e9 / ns as f64),
+        }
+    }
+
+    /// Returns when this scrape's turn has come: at once when unpaced, or when the last one
+    /// was answered an interval ago or more. A scrape dropped while waiting (its client went
     /// away) leaves the queue and takes no turn.
     pub async fn turn(&self) {
+        let ns = self.interval_ns.load(Ordering::Relaxed);
+        if ns == 0 {
+            return;
+        }
         let mut next = self.next.lock().await;
-        tokio::time::sleep_until(*next).await;
-        *next = Instant::now() + self.interval;
+        if let Some(at) = *next {
+            tokio::time::sleep_until(at).await;
+        }
+        *next = Some(Instant::now() + Duration::from_nanos(ns));
     }
 }
 
@@ -108,6 +127,12 @@ mod tests {
     async fn scrapes_are_spaced_in_order_and_a_dropped_one_takes_no_turn() {
         let pacer = std::sync::Arc::new(ScrapePacer::default());
         let t0 = Instant::now();
+        for _ in 0..100 {
+            pacer.turn().await;
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO, "no limit: no pace");
+        pacer.set_limit(Some(0.1));
+        assert_eq!(pacer.rate(), Some(100.0));
         pacer.turn().await;
         assert_eq!(
             t0.elapsed(),
@@ -129,7 +154,7 @@ mod tests {
         for w in waiting {
             let _ = w.await;
         }
-        let step = Duration::from_secs(1) / SCRAPES_PER_SECOND;
+        let step = Duration::from_millis(10);
         assert_eq!(
             *order.lock().unwrap(),
             vec![(0, step), (1, step * 2), (3, step * 3), (4, step * 4)]
@@ -138,6 +163,8 @@ mod tests {
         let t1 = Instant::now();
         pacer.turn().await;
         assert_eq!(t1.elapsed(), Duration::ZERO, "idle again: at once");
+        pacer.set_limit(None);
+        assert_eq!(pacer.rate(), None);
     }
 
     #[tokio::test(start_paused = true)]

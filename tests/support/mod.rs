@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod netns;
 pub mod prometheus;
 pub mod proxy;
