@@ -175,43 +175,15 @@ async fn kubelet_probes_answer_through_a_flood() {
     }
     let pipeliners: Vec<_> = (0..64).map(|_| tokio::spawn(pipeliner(addr))).collect();
 
-    let prober = std::thread::spawn(move || {
-        let (mut answered, mut failures) = (vec![], vec![]);
-        let t0 = Instant::now();
-        let until = t0 + Duration::from_secs(20);
-        let mut i = 0;
-        while Instant::now() < until {
-            let path = if i % 2 == 0 { "/readyz" } else { "/livez" };
-            match kubelet_probe(addr, path) {
-                Ok(took) => answered.push(took),
-                Err(e) => failures.push(format!("at {:?}: {e}", t0.elapsed())),
-            }
-            i += 1;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        (answered, failures)
-    });
-    let (mut answered, failures) = tokio::task::spawn_blocking(move || prober.join().unwrap())
+    let prober = probe_for(addr, 20);
+    let probed = tokio::task::spawn_blocking(move || prober.join().unwrap())
         .await
         .unwrap();
     let _ = stop.send(true);
-
-    answered.sort();
-    let p = |q: f64| answered[((answered.len() - 1) as f64 * q) as usize];
     println!(
-        "{} probes, {} failed; p50 {:?}, p99 {:?}; {} scrapes by the hammer",
-        answered.len() + failures.len(),
-        failures.len(),
-        p(0.5),
-        p(0.99),
+        "{}; {} scrapes by the hammer",
+        probed.all_answered(),
         scrapes.load(Ordering::Relaxed)
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {} probes failed: {:?}",
-        failures.len(),
-        answered.len() + failures.len(),
-        &failures[..failures.len().min(10)]
     );
     let scrapes = scrapes.load(Ordering::Relaxed);
     assert!(
@@ -231,9 +203,35 @@ async fn kubelet_probes_answer_through_a_flood() {
     sidecar.stop().await;
 }
 
+/// What [`probe_for`] saw.
+struct Probed {
+    answered: Vec<Duration>,
+    failures: Vec<String>,
+}
+
+impl Probed {
+    /// Fails unless every probe answered; else says how many and how fast (p50, p99).
+    fn all_answered(mut self) -> String {
+        let total = self.answered.len() + self.failures.len();
+        assert!(
+            self.failures.is_empty(),
+            "{} of {total} probes failed: {:?}",
+            self.failures.len(),
+            &self.failures[..self.failures.len().min(10)]
+        );
+        self.answered.sort();
+        let p = |q: f64| self.answered[((self.answered.len() - 1) as f64 * q) as usize];
+        format!(
+            "{total} probes, 0 failed; p50 {:?}, p99 {:?}",
+            p(0.5),
+            p(0.99)
+        )
+    }
+}
+
 /// Kubelet-style probes, 10 a second for `secs`, alternating `/readyz` and `/livez`, on a thread
-/// of their own: (answer times, failures).
-fn probe_for(addr: SocketAddr, secs: u64) -> std::thread::JoinHandle<(Vec<Duration>, Vec<String>)> {
+/// of their own, so the load generators' runtime cannot delay them.
+fn probe_for(addr: SocketAddr, secs: u64) -> std::thread::JoinHandle<Probed> {
     std::thread::spawn(move || {
         let (mut answered, mut failures) = (vec![], vec![]);
         let t0 = Instant::now();
@@ -248,7 +246,7 @@ fn probe_for(addr: SocketAddr, secs: u64) -> std::thread::JoinHandle<(Vec<Durati
             i += 1;
             std::thread::sleep(Duration::from_millis(100));
         }
-        (answered, failures)
+        Probed { answered, failures }
     })
 }
 
@@ -294,27 +292,15 @@ async fn probes_answer_under_a_100m_cpu_limit_while_metrics_is_hammered() {
         load.spawn(hammer(addr, stopping.clone(), scrapes.clone()));
     }
     let prober = probe_for(addr, 10);
-    let (mut answered, failures) = tokio::task::spawn_blocking(move || prober.join().unwrap())
+    let probed = tokio::task::spawn_blocking(move || prober.join().unwrap())
         .await
         .unwrap();
     let _ = stop.send(true);
     let hammered = hammering.elapsed();
-    answered.sort();
-    let p = |q: f64| answered[((answered.len() - 1) as f64 * q) as usize];
     let scrapes = scrapes.load(Ordering::Relaxed);
     println!(
-        "under 100m: {} probes, {} failed; p50 {:?}, p99 {:?}; {scrapes} scrapes in {hammered:?}",
-        answered.len() + failures.len(),
-        failures.len(),
-        p(0.5),
-        p(0.99),
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {} probes failed: {:?}",
-        failures.len(),
-        answered.len() + failures.len(),
-        &failures[..failures.len().min(10)]
+        "under 100m: {}; {scrapes} scrapes in {hammered:?}",
+        probed.all_answered()
     );
     assert!(scrapes > 100, "the hammer hardly ran: {scrapes} scrapes");
     // Paced to the limit: 100 a second, whoever asks.

@@ -46,19 +46,22 @@ async fn scrape_until(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topology_over_the_cap_keeps_whole_shards_up_to_it() {
+/// A new cluster, and the binary with `vars` on top of the patient settings, ready.
+async fn ready_sidecar(vars: &[(&str, &str)]) -> (Cluster, Sidecar) {
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
-    let env = with_vars(
-        cluster.patient_env(),
-        &[("PROBE_MAX_NODES", "4"), ("PROBE_INFO_INTERVAL", "1s")],
-    );
-    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
+    let sidecar = Sidecar::spawn_binary(BIN, &with_vars(cluster.patient_env(), vars)).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
+    (cluster, sidecar)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_over_the_cap_keeps_whole_shards_up_to_it() {
+    let (cluster, sidecar) =
+        ready_sidecar(&[("PROBE_MAX_NODES", "4"), ("PROBE_INFO_INTERVAL", "1s")]).await;
     let m = scrape_until(&sidecar, Duration::from_secs(30), "5 checks", |m| {
         sample(m, "redis_health_checks_total").unwrap_or(0.0) >= 5.0
     })
@@ -89,19 +92,10 @@ async fn a_topology_over_the_cap_keeps_whole_shards_up_to_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_keeps_moving_leaves_no_series_or_connection_behind() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
     // Per-node series from INFO and the pod's socket view are refreshed every second, so a
     // departed node's series must be gone within seconds whichever family holds them.
-    let env = with_vars(
-        cluster.patient_env(),
-        &[("PROBE_INFO_INTERVAL", "1s"), ("PROBE_POOL_INTERVAL", "1s")],
-    );
-    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
-    sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
+    let (cluster, sidecar) =
+        ready_sidecar(&[("PROBE_INFO_INTERVAL", "1s"), ("PROBE_POOL_INTERVAL", "1s")]).await;
     let moving = cluster.replica_of(cluster.primaries()[0]);
     let upstream = SocketAddr::from(([127, 0, 0, 1], cluster.nodes[moving].port));
     let others: BTreeSet<String> = (0..cluster.nodes.len())
