@@ -14,7 +14,10 @@ RUNS=${RUNS:-3}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 command -v prometheus-redis-exporter >/dev/null || { echo "apt-get install prometheus-redis-exporter" >&2; exit 1; }
 scripts/install-deps
-cargo build -q --release --bin redis-probe --example hello_hyper --example local_cluster
+# The binary on its own, so it is the one that ships (built with the examples it would get the
+# dev-dependencies' tokio features).
+cargo build -q --release --bin redis-probe
+cargo build -q --release --example hello_hyper --example local_cluster
 
 work=$(mktemp -d)
 pids=()
