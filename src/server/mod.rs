@@ -109,7 +109,7 @@ impl AppState {
     }
 
     /// The CPU limit now (`None`: none), which sets the scrape pace.
-    pub fn set_cpu_limit(&self, cores: Option<f64>) {
+    fn set_cpu_limit(&self, cores: Option<f64>) {
         self.scrape_pacer.set_limit(cores);
         self.metrics.set_cpu_limit(cores);
     }
