@@ -72,15 +72,18 @@ fn ancestors(base: &Path, path: &str) -> Vec<PathBuf> {
 /// cgroup v2 `cpu.max`: `10000 100000`, or `max 100000` (no limit).
 fn parse_cpu_max(text: &str) -> Option<f64> {
     let mut fields = text.split_whitespace();
-    let quota: f64 = fields.next()?.parse().ok()?;
-    let period: f64 = fields.next().unwrap_or("100000").parse().ok()?;
-    (quota > 0.0 && period > 0.0).then(|| quota / period)
+    cores(fields.next()?, fields.next().unwrap_or("100000"))
 }
 
 /// cgroup v1: a quota of `-1` is no limit.
 fn parse_v1(quota: Option<&str>, period: Option<&str>) -> Option<f64> {
-    let quota: f64 = quota?.trim().parse().ok()?;
-    let period: f64 = period?.trim().parse().ok()?;
+    cores(quota?, period?)
+}
+
+/// Quota over period, when both are positive numbers (`max` and `-1` are no limit).
+fn cores(quota: &str, period: &str) -> Option<f64> {
+    let quota: f64 = quota.trim().parse().ok()?;
+    let period: f64 = period.trim().parse().ok()?;
     (quota > 0.0 && period > 0.0).then(|| quota / period)
 }
 

@@ -188,7 +188,8 @@ impl Connection {
             }
             let (state, served) = (state.clone(), served.clone());
             Either::Right(async move {
-                state.scrape_turn().await;
+                // At most SCRAPES_PER_CPU_SECOND per core of the CPU limit.
+                state.scrape_pacer.turn().await;
                 let rsp = handle(&state, &req);
                 served.store(true, Ordering::Relaxed);
                 Ok(rsp)

@@ -103,11 +103,6 @@ impl AppState {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Waits for this scrape's turn ([`SCRAPES_PER_CPU_SECOND`] per core of the CPU limit).
-    async fn scrape_turn(&self) {
-        self.scrape_pacer.turn().await;
-    }
-
     /// The CPU limit now (`None`: none), which sets the scrape pace.
     fn set_cpu_limit(&self, cores: Option<f64>) {
         self.scrape_pacer.set_limit(cores);
