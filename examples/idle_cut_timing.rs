@@ -26,15 +26,11 @@ async fn main() {
         .unwrap_or_else(|| "target/release/redis-probe".into());
     let cut: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(350);
     let lab = Lab::new();
-    let srv: &'static str = Box::leak(lab.srv.clone().into_boxed_str());
-    let cluster = tokio::task::spawn_blocking(move || {
-        Cluster::start(Options {
-            netns: Some(srv),
-            ..Options::default()
-        })
+    let cluster = Cluster::launch(Options {
+        netns: Some(lab.srv.clone()),
+        ..Options::default()
     })
-    .await
-    .unwrap();
+    .await;
     let env = with_vars(
         cluster.connection_env(),
         &[("REDIS_TLS_SERVER_NAME", "localhost")],

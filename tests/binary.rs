@@ -217,7 +217,10 @@ fn wrong_password_logs_then_sigterm_exits_cleanly() {
 /// The exported text passes `promtool check metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool() {
-    let promtool = support::require("promtool");
+    let promtool = support::require_tool(
+        "promtool",
+        "sudo apt-get install -y prometheus (or run scripts/install-deps)",
+    );
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
         .await
         .unwrap();
@@ -356,7 +359,10 @@ async fn sigterm_exits_while_dns_hangs() {
          exec {BIN}",
         resolv = resolv.display()
     );
-    let mut cmd = Command::new(support::require("unshare"));
+    let mut cmd = Command::new(support::require_tool(
+        "unshare",
+        "sudo apt-get install -y util-linux",
+    ));
     cmd.args(["--net", "--mount", "sh", "-c", &script])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -16,7 +16,10 @@ use redis_probe::probe::{InfoReport, NodeReport, NodeView, Role};
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/monitoring");
 
 fn promtool(args: &[&str]) {
-    let promtool = support::require("promtool");
+    let promtool = support::require_tool(
+        "promtool",
+        "sudo apt-get install -y prometheus (or run scripts/install-deps)",
+    );
     let out = Command::new(promtool)
         .args(args)
         .current_dir(DIR)

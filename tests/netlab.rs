@@ -12,15 +12,11 @@ use support::{Cluster, Options, Sidecar, ready_until, sample, with_vars};
 const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 
 async fn lab_cluster(lab: &Lab) -> Cluster {
-    let srv: &'static str = Box::leak(lab.srv.clone().into_boxed_str());
-    tokio::task::spawn_blocking(move || {
-        Cluster::start(Options {
-            netns: Some(srv),
-            ..Options::default()
-        })
+    Cluster::launch(Options {
+        netns: Some(lab.srv.clone()),
+        ..Options::default()
     })
     .await
-    .unwrap()
 }
 
 /// The sidecar's settings in the lab: the nodes' certificates name `localhost`.
@@ -220,16 +216,12 @@ async fn a_black_hole_is_a_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_and_loss_do_not_flip_readiness() {
     let lab = Lab::new();
-    let srv: &'static str = Box::leak(lab.srv.clone().into_boxed_str());
-    let cluster = tokio::task::spawn_blocking(move || {
-        Cluster::start(Options {
-            netns: Some(srv),
-            latency: Some(Duration::from_millis(100)),
-            ..Options::default()
-        })
+    let cluster = Cluster::launch(Options {
+        netns: Some(lab.srv.clone()),
+        latency: Some(Duration::from_millis(100)),
+        ..Options::default()
     })
-    .await
-    .unwrap();
+    .await;
     let env = lab_env(&cluster, &[("PROBE_IDLE_CANARY", "0")]);
     let sidecar = Sidecar::spawn_binary_in(&lab.pod, BIN, &env).await;
     sidecar
