@@ -14,6 +14,7 @@
 #   sudo benches/cpu.sh        # root: it makes and removes a cgroup
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 DUR=${DUR:-10s}
 RUNS=${RUNS:-3}
 PROBES=${PROBES:-300}
@@ -48,7 +49,7 @@ trap cleanup EXIT
 
 target/release/examples/local_cluster --cluster-only > "$work/cluster.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 120); do grep -q "Cluster only" "$work/cluster.log" 2>/dev/null && break; sleep 0.5; done
+until_true 120 "the local cluster" grep -q "Cluster only" "$work/cluster.log"
 envf=$(grep -o '/tmp/[^ ]*redis-probe.env' "$work/cluster.log" | head -1)
 
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
@@ -57,7 +58,7 @@ median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 cpu_per_request() {
   local pid=$1 url=$2 t0 t1
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  taskset -c 0 wrk -t1 -c8 -d"$DUR" "$url" > "$work/wrk.run"
+  WRK="taskset -c 0 wrk" wrk_checked -t1 -c8 -d"$DUR" "$url" > "$work/wrk.run"
   t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   awk -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
     '/requests in/{n=$1} /Requests\/sec/{r=$2} END{printf "%s %.2f\n", r, ticks / hz * 1e6 / n}' "$work/wrk.run"
@@ -68,7 +69,7 @@ env -i $(cat "$envf") PROBE_LISTEN=127.0.0.1:18081 PROBE_LOG_LEVEL=warn taskset 
 probe=$!; pids+=($probe)
 taskset -c 1 "$hello_bin" 127.0.0.1:18090 > /dev/null 2>&1 &
 hello=$!; pids+=($hello)
-for _ in $(seq 1 100); do curl -sf -o /dev/null localhost:18081/readyz && break; sleep 0.2; done
+ready localhost:18081/readyz
 : > "$work/hello"; : > "$work/readyz"
 for _ in $(seq 1 "$RUNS"); do
   cpu_per_request "$hello" http://127.0.0.1:18090/ >> "$work/hello"
@@ -123,6 +124,7 @@ cpu0=$(awk '{print $14 + $15}' "/proc/$probe/stat"); t0=$(date +%s.%N)
 probes /readyz > "$work/hammered"
 cpu1=$(awk '{print $14 + $15}' "/proc/$probe/stat"); t1=$(date +%s.%N)
 wait "$wrkpid" || true
+wrk_verdict "$work/wrk.out"
 scrapes=$(awk '/Requests\/sec/{print $2}' "$work/wrk.out")
 share=$(awk -v c=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", c / hz / (b - a) / 0.1 * 100}')
 printf '\n| 100m CPU limit, /readyz probes (new connection, 1 s timeout) | probes | failed | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n'

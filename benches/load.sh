@@ -9,6 +9,7 @@
 #   benches/load.sh            # 10 s per wrk run, 3 runs each, medians reported
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 DUR=${DUR:-10s}
 RUNS=${RUNS:-3}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
@@ -26,7 +27,7 @@ trap cleanup EXIT
 
 target/release/examples/local_cluster --cluster-only > "$work/cluster.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 120); do grep -q "Cluster only" "$work/cluster.log" 2>/dev/null && break; sleep 0.5; done
+until_true 120 "the local cluster" grep -q "Cluster only" "$work/cluster.log"
 envf=$(grep -o '/tmp/[^ ]*redis-probe.env' "$work/cluster.log" | head -1)
 set -a; . "$envf"; set +a
 first=${REDIS_ADDRESS}
@@ -48,7 +49,7 @@ hello=$!; pids+=($hello)
 prometheus-redis-exporter -redis.addr "rediss://$first" -redis.password "$REDIS_PASSWORD" \
   -tls-ca-cert-file "$REDIS_TLS_CA_FILE" -is-cluster -web.listen-address 127.0.0.1:19121 > "$work/exporter.log" 2>&1 &
 exporter=$!; pids+=($exporter)
-for _ in $(seq 1 100); do curl -sf -o /dev/null localhost:18081/readyz && break; sleep 0.2; done
+ready localhost:18081/readyz
 sleep 6
 
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
@@ -56,7 +57,7 @@ median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 bench() {
   local url=$1 rps=() p50=() p99=()
   for _ in $(seq 1 "$RUNS"); do
-    out=$(wrk -t2 -c4 -d"$DUR" --latency "$url")
+    out=$(wrk_checked -t2 -c4 -d"$DUR" --latency "$url")
     rps+=("$(echo "$out" | awk '/Requests\/sec/{print $2}')")
     p50+=("$(echo "$out" | awk '$1=="50%"{print $2}')")
     p99+=("$(echo "$out" | awk '$1=="99%"{print $2}')")
@@ -67,14 +68,14 @@ bench() {
 
 echo "machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3=""; print; exit}' /proc/cpuinfo)"
 rss_probe_idle=$(rss $probe); rss_exp_idle=$(rss $exporter)
-read -r h_rps h50 h99 <<<"$(bench http://127.0.0.1:18090/)"
+bench http://127.0.0.1:18090/ > "$work/bench"; read -r h_rps h50 h99 < "$work/bench"
 c0=$(cpu $probe); r0=$(received); rc0=$(redis_cpu)
-read -r r_rps r50 r99 <<<"$(bench http://127.0.0.1:18081/readyz)"
-read -r m_rps m50 m99 <<<"$(bench http://127.0.0.1:18081/metrics)"
+bench http://127.0.0.1:18081/readyz > "$work/bench"; read -r r_rps r50 r99 < "$work/bench"
+bench http://127.0.0.1:18081/metrics > "$work/bench"; read -r m_rps m50 m99 < "$work/bench"
 c1=$(cpu $probe); r1=$(received); rc1=$(redis_cpu)
 rss_probe_load=$(rss $probe)
 e0=$(cpu $exporter); x0=$(received); ec0=$(redis_cpu)
-read -r e_rps e50 e99 <<<"$(DUR=${EXPORTER_DUR:-5s} bench http://127.0.0.1:19121/metrics)"
+DUR=${EXPORTER_DUR:-5s} bench http://127.0.0.1:19121/metrics > "$work/bench"; read -r e_rps e50 e99 < "$work/bench"
 e1=$(cpu $exporter); x1=$(received); ec1=$(redis_cpu)
 rss_exp_load=$(rss $exporter)
 probe_reqs=$(awk -v a="$r_rps" -v b="$m_rps" -v d="${DUR%s}" -v n="$RUNS" 'BEGIN{print (a+b)*d*n}')

@@ -7,18 +7,19 @@
 #   benches/sockets.sh            (DUR=60 by default; SKIP_BUILD=1 to use the built binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 DUR=${DUR:-60}
 [ "${SKIP_BUILD:-}" = 1 ] || { cargo build --release -q; cargo build --release -q --example local_cluster; }
 work=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 target/release/examples/local_cluster --cluster-only > "$work/cluster.log" 2>&1 &
-for _ in $(seq 100); do grep -q "^Sidecar settings:" "$work/cluster.log" && break; sleep 0.5; done
+until_true 120 "the local cluster" grep -q "^Sidecar settings:" "$work/cluster.log"
 envfile=$(sed -n 's/^Sidecar settings: //p' "$work/cluster.log")
 env -i $(cat "$envfile") PROBE_LISTEN=127.0.0.1:18095 PROBE_POOL_INTERVAL=2s PROBE_IDLE_CANARY=0 \
   REDIS_POOL_SIZE=10 target/release/redis-probe > "$work/sidecar.log" 2>&1 &
 pid=$!
-for _ in $(seq 100); do curl -sf localhost:18095/readyz >/dev/null && break; sleep 0.2; done
+ready localhost:18095/readyz
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 measure() {
   local a b; a=$(ticks); sleep "$DUR"; b=$(ticks); echo $((b - a))
@@ -34,7 +35,7 @@ for _ in range(2500):
 open(sys.argv[1], "w").write("ready")
 time.sleep(3600)
 PY
-for _ in $(seq 200); do [ -f "$work/ready" ] && break; sleep 0.2; done
+until_true 40 "the app stand-in" test -f "$work/ready"
 established=$(ss -Htn state established | wc -l)
 with=$(measure)
 echo "established TCP sockets in the namespace during the second window: $established"

@@ -414,9 +414,18 @@ mod tests {
 
     #[test]
     fn own_inodes_of_this_process() {
+        use std::os::fd::AsRawFd;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
+        // "socket:[12345]"
+        let inode: u64 = link
+            .to_string_lossy()
+            .trim_start_matches("socket:[")
+            .trim_end_matches(']')
+            .parse()
+            .unwrap();
         let own = own_socket_inodes(Path::new("/proc/self/fd"));
-        assert!(!own.is_empty());
+        assert!(own.contains(&inode), "{inode} not in {own:?}");
         drop(listener);
     }
 }

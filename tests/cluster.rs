@@ -56,11 +56,12 @@ async fn healthy_cluster_is_ready_and_exports_every_node() {
     }
     assert_eq!(m.matches("role=\"primary\"} 1").count(), 3, "{m}");
     // Connections are kept: one per node, made once.
-    let mut m = m;
-    while sample(&m, "redis_health_checks_total").unwrap() < 3.0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        m = sidecar.metrics().await;
-    }
+    let m = support::eventually(Duration::from_secs(30), "3 checks", || async {
+        let m = sidecar.metrics().await;
+        let checks = sample(&m, "redis_health_checks_total").unwrap_or(0.0);
+        support::holds(checks >= 3.0, || m.clone()).map(|_| m)
+    })
+    .await;
     let checks = sample(&m, "redis_health_checks_total").unwrap();
     assert_eq!(
         sample(&m, "redis_probe_connection_attempts_total"),
@@ -140,14 +141,22 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
     let opened = "redis_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}";
     let opened_before = sample(&sidecar.metrics().await, opened).unwrap();
 
+    let failed = "redis_health_check_failed_total{reason=\"connection_refused\"}";
     cluster.kill_all();
-    // Scheduling slack for a loaded 2-core machine; the measured figure is printed.
+    // The claim is structural: 503 at the failure threshold, not later. The time is printed
+    // against the bound; the deadline leaves room for a loaded 2-core machine.
     let (took, body) = sidecar
-        .wait_status("/readyz", 503, outage_bound() + Duration::from_secs(3))
+        .wait_status("/readyz", 503, Duration::from_secs(30))
         .await;
-    eprintln!(
-        "full outage -> 503 in {took:?} (bound {:?})",
+    let failed_at_flip = sample(&sidecar.metrics().await, failed).unwrap_or(0.0);
+    println!(
+        "full outage -> 503 in {took:?} (bound {:?}), after {failed_at_flip} failed checks",
         outage_bound()
+    );
+    // 3 is the threshold; a 4th check may end between the answer and the scrape.
+    assert!(
+        (3.0..=4.0).contains(&failed_at_flip),
+        "503 after {failed_at_flip} failed checks, not at the threshold of 3"
     );
     assert_eq!(
         body,
@@ -161,34 +170,30 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
     let m = sidecar.metrics().await;
     assert_eq!(sample(&m, "redis_up"), Some(0.0));
     assert_eq!(sample(&m, "redis_probe_ready"), Some(0.0));
-    assert!(
-        sample(
-            &m,
-            "redis_health_check_failed_total{reason=\"connection_refused\"}"
-        )
-        .unwrap()
-            >= 3.0,
-        "{m}"
-    );
+    assert!(sample(&m, failed).unwrap() >= 3.0, "{m}");
     assert_eq!(
         sample(&m, opened),
         Some(opened_before + 1.0),
         "one opening for one outage:\n{m}"
     );
 
-    // Hold the outage long enough for the open duration to grow to its maximum.
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
-        assert_eq!(sidecar.get("/livez").await.0, 200);
-        assert_eq!(sidecar.get("/readyz").await.0, 503);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let m = sidecar.metrics().await;
-    assert_eq!(
-        sample(&m, "redis_circuit_breaker_open_duration_seconds"),
-        Some(2.0),
-        "{m}"
-    );
+    // The outage goes on until the open duration has grown to its maximum; unready and live
+    // throughout.
+    support::eventually_every(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the open duration reaches its 2 s maximum",
+        || async {
+            assert_eq!(sidecar.get("/livez").await.0, 200);
+            assert_eq!(sidecar.get("/readyz").await.0, 503);
+            let m = sidecar.metrics().await;
+            support::holds(
+                sample(&m, "redis_circuit_breaker_open_duration_seconds") == Some(2.0),
+                || m,
+            )
+        },
+    )
+    .await;
 
     let cluster = tokio::task::spawn_blocking(move || {
         cluster.restart_all(Duration::from_secs(60));
@@ -196,12 +201,12 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
     })
     .await
     .unwrap();
-    // Open duration max (2 s) + interval + one check is ~3 s; the slack lets a loaded machine
-    // lose a trial or two to slow TLS dials (2 s open each) and still pass.
+    // Open duration max (2 s) + interval + one check is ~3 s (printed); the deadline lets a
+    // loaded machine lose a few trials to slow TLS dials (2 s open each) and still pass.
     let (took, _) = sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(10))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
-    eprintln!("cluster healthy -> 200 in {took:?}");
+    println!("cluster healthy -> 200 in {took:?}");
     let m = sidecar.metrics().await;
     assert_eq!(sample(&m, "redis_up"), Some(1.0));
     assert_eq!(

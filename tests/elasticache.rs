@@ -28,7 +28,8 @@ async fn ready(sidecar: &Sidecar) {
 /// Ready through host names and the system trust store, every node labelled by its name; a
 /// planned failover and a killed primary followed; a lost shard is `no_primary` while the
 /// cluster still says `cluster_state:ok` (full coverage not required); a full outage turns
-/// unready and recovery ready; CONFIG was never needed.
+/// unready and recovery ready. Nothing the sidecar sends is refused or fails: no ACL denial
+/// (`CLIENT SETINFO` is never sent), no ACL LOG entry, no error reply on any node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_behaviours_in_the_elasticache_shape() {
     let mut cluster = start().await;
@@ -47,6 +48,23 @@ async fn core_behaviours_in_the_elasticache_shape() {
         6,
         "INFO is allowed to the user: {m}"
     );
+    // A few checks and INFO reads later, no node has refused or failed a command of the
+    // sidecar's. The nodes' counters restart with them, so this is read before any fault.
+    let checks = sample(&m, "redis_health_checks_total").expect("checks counted");
+    support::eventually(Duration::from_secs(30), "3 more checks", || async {
+        let m = sidecar.metrics().await;
+        let now = sample(&m, "redis_health_checks_total").unwrap_or(0.0);
+        support::holds(now >= checks + 3.0, || m)
+    })
+    .await;
+    for i in 0..cluster.nodes.len() {
+        let stats = cluster.cli(i, &["INFO", "stats"]);
+        for counter in ["acl_access_denied_cmd:0", "total_error_replies:0"] {
+            assert!(stats.contains(counter), "node {i}: not {counter}:\n{stats}");
+        }
+        let log = cluster.cli(i, &["ACL", "LOG"]);
+        assert!(log.trim().is_empty(), "node {i}: ACL LOG:\n{log}");
+    }
 
     // Planned failover, from the harness's admin connection.
     let (_, replica) = support::planned_failover_followed(&cluster, &sidecar).await;
@@ -105,16 +123,16 @@ async fn core_behaviours_in_the_elasticache_shape() {
     tokio::task::block_in_place(|| cluster.restart_all(Duration::from_secs(60)));
     ready(&sidecar).await;
 
-    let stats = cluster.cli(0, &["INFO", "commandstats"]);
-    assert!(!stats.contains("cmdstat_config"), "{stats}");
     assert!(!sidecar.logs().contains(support::PROBE_USER_PASSWORD));
     sidecar.stop().await;
 }
 
 /// Each command the least-privilege user lacks, on a real server: without CLUSTER SHARDS the
 /// topology comes from CLUSTER SLOTS (ready, connections kept, a failover still followed);
-/// without INFO (`+@all -@dangerous`) the server metrics are absent, counted and logged once;
-/// without PING readiness fails as `permission`. Each refusal is one log line naming it.
+/// without both SHARDS and SLOTS only the seed address is checked (ready, one node); without
+/// `cluster|info` every node is still followed and ready; without INFO (`+@all -@dangerous`)
+/// the server metrics are absent, counted and logged once; without PING readiness fails as
+/// `permission`. Each refusal is one log line naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_privilege_users() {
     let cluster = start().await;
@@ -148,7 +166,7 @@ async fn least_privilege_users() {
         assert!(Instant::now() < deadline, "replicas not followed:\n{m}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let dials = sample(&m, "redis_probe_connection_attempts_total");
+    let dials = sample(&m, "redis_probe_connection_attempts_total").expect("dials counted");
     let logs = sidecar.logs();
     assert_eq!(
         logs.matches("refused CLUSTER SHARDS").count(),
@@ -157,17 +175,42 @@ async fn least_privilege_users() {
     );
     assert!(!logs.contains("[-]redis failed"));
     support::planned_failover_followed(&cluster, &sidecar).await;
-    if let Some(before) = dials {
-        let after = sample(
-            &sidecar.metrics().await,
-            "redis_probe_connection_attempts_total",
-        )
-        .unwrap();
-        assert!(
-            after <= before + 2.0,
-            "connections are kept, not re-dialled: {before} -> {after}"
-        );
-    }
+    let after = sample(
+        &sidecar.metrics().await,
+        "redis_probe_connection_attempts_total",
+    )
+    .expect("dials counted");
+    assert!(
+        after <= dials + 2.0,
+        "connections are kept, not re-dialled: {dials} -> {after}"
+    );
+    sidecar.stop().await;
+
+    // Neither topology command: the seed alone is checked, and that is enough to be ready.
+    let seed_only = user("seedonly", "-@all +ping +info +cluster|info");
+    let sidecar = Sidecar::spawn_binary(BIN, &seed_only).await;
+    ready(&sidecar).await;
+    let m = sidecar.metrics().await;
+    assert_eq!(m.matches("redis_node_up{").count(), 1, "{m}");
+    let logs = sidecar.logs();
+    assert_eq!(logs.matches("refused CLUSTER SLOTS").count(), 1, "{logs}");
+    sidecar.stop().await;
+
+    // No CLUSTER INFO: ready, every node followed, the cluster's own view absent.
+    let no_cluster_info = user(
+        "noclusterinfo",
+        "-@all +ping +info +cluster|shards +cluster|slots",
+    );
+    let sidecar = Sidecar::spawn_binary(BIN, &no_cluster_info).await;
+    ready(&sidecar).await;
+    let m = support::eventually(Duration::from_secs(30), "every node followed", || async {
+        let m = sidecar.metrics().await;
+        support::holds(m.matches("redis_node_up{").count() == 6, || m.clone()).map(|_| m)
+    })
+    .await;
+    assert!(m.contains("redis_max_clients{"), "INFO is still read: {m}");
+    let logs = sidecar.logs();
+    assert_eq!(logs.matches("refused CLUSTER INFO").count(), 1, "{logs}");
     sidecar.stop().await;
 
     let no_info = user("nodangerous", "+@all -@dangerous");

@@ -59,10 +59,14 @@ async fn an_idle_cut_is_learned_and_the_app_meets_it() {
         python.display()
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/idle_pool.py");
-    let resets_before = sample(
-        &sidecar.metrics().await,
-        "redis_pod_tcp_resets_total{kind=\"estab_resets\"}",
-    );
+    // The pod's counters are read from the first check on; a labelled family appears with
+    // its first series, so wait for it rather than compare with nothing.
+    let resets_before =
+        support::eventually(Duration::from_secs(30), "pod TCP counters", || async {
+            let m = sidecar.metrics().await;
+            sample(&m, RESETS).ok_or(m)
+        })
+        .await;
     let mut app = lab.command(&lab.pod, &python);
     app.arg(&script)
         .args([
@@ -138,29 +142,37 @@ async fn an_idle_cut_is_learned_and_the_app_meets_it() {
         m.contains("result=\"cut\"") && m.contains("result=\"survived\""),
         "{m}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = sample(
-            &sidecar.metrics().await,
-            "redis_pod_tcp_resets_total{kind=\"estab_resets\"}",
-        );
-        if now > resets_before {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pod resets did not rise: {resets_before:?} -> {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    support::eventually(Duration::from_secs(10), "pod resets rise", || async {
+        let now = sample(&sidecar.metrics().await, RESETS).unwrap_or(0.0);
+        support::holds(now > resets_before, || format!("{resets_before} -> {now}"))
+    })
+    .await;
     let logs = sidecar.logs();
     assert!(
         logs.contains("an idle connection to the node was cut"),
         "{logs}"
     );
     assert!(!logs.contains("circuit breaker opened"), "{logs}");
+
+    // `diagnose` in the same pod reads the learned cut from the sidecar and finds the app's
+    // idle time (go-redis's 30 minutes) above it.
+    let diag_env = with_vars(
+        env.clone(),
+        &[
+            ("REDIS_CONN_MAX_IDLE_TIME", "30m".to_string()),
+            ("PROBE_LISTEN", format!("127.0.0.1:{}", sidecar.addr.port())),
+        ],
+    );
+    let (code, report) =
+        support::run_binary(Some(&lab.pod), &diag_env, &["diagnose", "--duration", "1s"]);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("idle_above_cut"), "{report}");
+    assert!(!report.contains(&cluster.password), "{report}");
     sidecar.stop().await;
 }
+
+/// The pod's count of established connections it reset or had reset.
+const RESETS: &str = "redis_pod_tcp_resets_total{kind=\"estab_resets\"}";
 
 /// Packets to one primary vanish (a black hole): its attempts time out (`timeout`, never
 /// `connection_refused`), and with the node alive to the rest of the cluster there is no
@@ -193,8 +205,16 @@ async fn a_black_hole_is_a_timeout() {
         Some(0.0),
         "{m}"
     );
-    // 3 failed checks of 3 attempts, each bounded by the 2 s attempt timeout, plus backoff.
-    assert!(took >= Duration::from_secs(6), "{took:?}");
+    // The failure threshold (3) of failed checks, each of 3 attempts that time out (2 s):
+    // at least 18 s, less the jitter of the intervals between them.
+    assert!(took >= Duration::from_secs(15), "{took:?}");
+    let timeouts = sample(&m, "redis_health_check_failed_total{reason=\"timeout\"}").unwrap_or(0.0);
+    assert!(timeouts >= 3.0, "{timeouts} failed checks before 503:\n{m}");
+    // No failover: the node is alive to the rest of the cluster.
+    assert!(
+        cluster.primaries().contains(&primary),
+        "the primary was failed over"
+    );
     lab.clear();
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(60))
@@ -229,13 +249,15 @@ async fn latency_and_loss_do_not_flip_readiness() {
         .await;
     lab.loss(5);
     let checks = |m: &str| sample(m, "redis_health_checks_total").unwrap_or(0.0);
-    let ping = |m: &str| {
-        m.lines()
-            .filter(|l| l.starts_with("redis_node_ping_seconds{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(f64::MAX, f64::min)
-    };
-    assert!(ping(&sidecar.metrics().await) >= 0.2, "no latency added");
+    let m = sidecar.metrics().await;
+    let pings: Vec<f64> = m
+        .lines()
+        .filter(|l| l.starts_with("redis_node_ping_seconds{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    assert_eq!(pings.len(), 6, "a PING time per node:\n{m}");
+    let fastest = pings.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(fastest >= 0.2, "no latency added: {fastest} s");
     let start = checks(&sidecar.metrics().await);
     ready_until(&sidecar, Duration::from_secs(90), |m| {
         checks(m) >= start + 8.0

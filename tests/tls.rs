@@ -96,16 +96,20 @@ async fn nothing_listening_is_connection_refused() {
 
 /// A standalone TLS server that requires a client certificate signed by its CA.
 async fn mtls_server() -> Cluster {
-    tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            names: CertNames::Loopback,
-            cluster: false,
-            mtls: true,
-            ..Options::default()
-        })
+    mtls_server_valid_for(None).await
+}
+
+/// As [`mtls_server`], the node certificate (also a client certificate of its CA) valid for
+/// `days` when given.
+async fn mtls_server_valid_for(days: Option<i64>) -> Cluster {
+    Cluster::launch(Options {
+        names: CertNames::Loopback,
+        cluster: false,
+        mtls: true,
+        cert_days: days,
+        ..Options::default()
     })
     .await
-    .unwrap()
 }
 
 /// Nodes that require a client certificate: without `REDIS_TLS_CERT_FILE` the handshake fails
@@ -135,15 +139,15 @@ async fn mutual_tls() {
 }
 
 async fn wait_failure(sidecar: &Sidecar) -> String {
-    let start = std::time::Instant::now();
-    loop {
+    support::eventually(Duration::from_secs(15), "a check fails", || async {
         let (_, body) = sidecar.get("/readyz?verbose").await;
         if body.contains("[-]redis failed: ") && !body.contains("no check has passed yet") {
-            return body;
+            Ok(body)
+        } else {
+            Err(body)
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "{body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// cert-manager (or the kubelet, for a Secret volume) rotates the client certificate by
@@ -151,7 +155,8 @@ async fn wait_failure(sidecar: &Sidecar) -> String {
 /// check, without a restart, and exports the client certificate's expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_rotates_without_a_restart() {
-    let server = mtls_server().await;
+    // The new certificate expires in 30 days; the stranger's (rcgen's default) in 4096.
+    let server = mtls_server_valid_for(Some(30)).await;
     // A mounted Secret: tls.crt and tls.key link through ..data to the current version.
     let mount = tempfile::tempdir().unwrap();
     let m = mount.path();
@@ -201,13 +206,16 @@ async fn client_certificate_rotates_without_a_restart() {
     let m = sidecar.metrics().await;
     let expiry = sample(&m, "redis_tls_client_cert_expiry_timestamp_seconds")
         .unwrap_or_else(|| panic!("no client certificate expiry:\n{m}"));
-    assert!(expiry > now, "{expiry} is not in the future");
+    let in_30_days = now + 30.0 * 86400.0;
+    assert!(
+        (expiry - in_30_days).abs() < 86400.0,
+        "{expiry} is not the new certificate's expiry (about {in_30_days})"
+    );
     sidecar.stop().await;
 }
 
 /// With a CA file configured, the system trust store is never read: a broken one (here a
-/// corrupt `SSL_CERT_FILE`) does not fail the dials, and the TLS configuration is built once,
-/// not per connection.
+/// corrupt `SSL_CERT_FILE`) does not fail the dials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_system_store_does_not_matter_with_a_ca_file() {
     let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))

@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::proxy::ResetProxy;
 use support::{Cluster, Options, Sidecar, sample, with_vars};
@@ -31,19 +31,15 @@ async fn scrape_until(
     what: &str,
     done: impl Fn(&str) -> bool,
 ) -> String {
-    let started = Instant::now();
-    loop {
+    support::eventually(limit, what, || async {
         let m = sidecar.metrics().await;
         if done(&m) {
-            return m;
+            Ok(m)
+        } else {
+            Err(format!("nodes {:?} in\n{m}", node_labels(&m)))
         }
-        assert!(
-            started.elapsed() < limit,
-            "{what} not seen in {limit:?}; nodes {:?} in the last scrape:\n{m}",
-            node_labels(&m)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// A new cluster, and the binary with `vars` on top of the patient settings, ready.
@@ -103,7 +99,7 @@ async fn a_node_that_keeps_moving_leaves_no_series_or_connection_behind() {
         .map(|i| cluster.nodes[i].addr())
         .collect();
     let mut old = cluster.nodes[moving].addr();
-    let mut _current = None;
+    let mut current: Option<ResetProxy> = None;
     for round in 0..10 {
         // The node announces a new port, served by a new forwarder to the same server.
         let proxy = ResetProxy::start(upstream).await;
@@ -125,8 +121,19 @@ async fn a_node_that_keeps_moving_leaves_no_series_or_connection_behind() {
         let labels = node_labels(&m);
         assert!(labels.is_superset(&others), "{labels:?}");
         assert_eq!(sample(&m, "redis_probe_connections"), Some(6.0), "{m}");
-        // The forwarder of the address before is closed: nothing may still use it.
-        _current = Some(proxy);
+        // The sidecar closed its connection through the forwarder of the address before.
+        if let Some(before) = current.replace(proxy) {
+            support::eventually(
+                Duration::from_secs(10),
+                &format!("round {round}: nothing uses the address before"),
+                || {
+                    std::future::ready(support::holds(before.open() == 0, || {
+                        before.open().to_string()
+                    }))
+                },
+            )
+            .await;
+        }
         old = new;
     }
     assert_eq!(sidecar.get("/readyz").await.0, 200);

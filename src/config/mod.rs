@@ -636,8 +636,14 @@ mod tests {
             ("REDIS_PORT", "tcp://10.0.0.1:6379"),
             ("REDIS_SERVICE_HOST", "10.0.0.1"),
             ("REDIS_PORT_6379_TCP", "tcp://10.0.0.1:6379"),
-        ]);
-        assert!(c.is_ok(), "{c:?}");
+        ])
+        .unwrap();
+        let a = HostPort {
+            host: "a".into(),
+            port: 1,
+        };
+        assert_eq!(c.redis.addresses, vec![a]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Opens one node's connection: name lookup, TCP, TLS, then redis-rs's set-up (AUTH, HELLO,
-//! CLIENT SETINFO) over the stream made here.
+//! Opens one node's connection: name lookup, TCP, TLS, then redis-rs's set-up (AUTH only: no
+//! CLIENT SETINFO, see `login`) over the stream made here.
 //!
 //! Why not redis-rs's own dialing: it builds a new rustls configuration for every connection,
 //! reading and parsing the system's whole root bundle each time (blocking file I/O on an async

@@ -244,10 +244,13 @@ impl Connector {
     }
 }
 
-/// The set-up redis-rs sends on a new connection: the user, the password, the library name.
+/// The set-up redis-rs sends on a new connection: the user and the password, nothing else.
+/// No `CLIENT SETINFO` (redis-rs sends LIB-NAME and LIB-VER by default): the least-privilege
+/// ACL denies it on Redis 7.2+ and Valkey, which counts every dial in `acl_access_denied_cmd`,
+/// the ACL LOG and ElastiCache's `CommandAuthorizationFailures`; Redis 7.0 answers it with an
+/// error reply. The sidecar shows in `CLIENT LIST` by its user instead.
 fn login(s: &Settings, password: Option<&Secret>) -> RedisConnectionInfo {
-    let mut redis =
-        RedisConnectionInfo::default().set_lib_name("redis-probe", env!("CARGO_PKG_VERSION"));
+    let mut redis = RedisConnectionInfo::default().set_skip_set_lib_name();
     if let Some(u) = &s.username {
         redis = redis.set_username(u);
     }

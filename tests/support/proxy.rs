@@ -15,6 +15,8 @@ pub struct ResetProxy {
     upstream: Arc<Mutex<SocketAddr>>,
     generation: watch::Sender<u64>,
     accepted: Arc<AtomicU64>,
+    /// Connections being forwarded now (ended when either side closes).
+    open: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,13 +34,15 @@ impl ResetProxy {
         let listener = TcpListener::from_std(std_listener).unwrap();
         let refuse = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicU64::new(0));
         let (generation, _) = watch::channel(0u64);
         let upstream = Arc::new(Mutex::new(upstream));
-        let (r, a, g, u) = (
+        let (r, a, g, u, o) = (
             refuse.clone(),
             accepted.clone(),
             generation.clone(),
             upstream.clone(),
+            open.clone(),
         );
         let task = tokio::spawn(async move {
             loop {
@@ -52,11 +56,14 @@ impl ResetProxy {
                 }
                 let mut gen_rx = g.subscribe();
                 let upstream = *u.lock().unwrap();
+                let open = o.clone();
                 tokio::spawn(async move {
                     let Ok(mut up) = TcpStream::connect(upstream).await else {
                         reset(client);
                         return;
                     };
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let _closed = Decrement(open);
                     let mut client = client;
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut up) => {}
@@ -78,6 +85,7 @@ impl ResetProxy {
             upstream,
             generation,
             accepted,
+            open,
             task,
         }
     }
@@ -106,6 +114,20 @@ impl ResetProxy {
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections being forwarded now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a forwarded connection out when its task ends, however it ends.
+struct Decrement(Arc<AtomicU64>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -11,6 +11,37 @@ use tokio::sync::oneshot;
 
 use super::{Cluster, die_with_parent, free_ports, netns, spawn_from_lasting_thread};
 
+/// The sidecar's binary as a command with exactly `env` (nothing inherited), run inside
+/// network namespace `ns` when given: the one way tests run it for a subcommand
+/// (`diagnose`, `--check-config`) or a start that is expected to fail.
+pub fn binary_command(ns: Option<&str>, env: &[(String, String)]) -> Command {
+    let bin = super::bin();
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, &bin]);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    cmd.env_clear()
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs the binary with `env` and `args` to its end (60 s at most); its exit code and
+/// everything it printed (stdout, then stderr).
+pub fn run_binary(ns: Option<&str>, env: &[(String, String)], args: &[&str]) -> (i32, String) {
+    let mut cmd = binary_command(ns, env);
+    cmd.args(args);
+    let out = super::run_with_timeout(cmd, Duration::from_secs(60));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// The sidecar running in this test process.
 pub struct Sidecar {
     pub addr: SocketAddr,
@@ -21,6 +52,41 @@ pub struct Sidecar {
     /// The network namespace it runs in ([`netns::Lab`]'s pod), when not this one.
     netns: Option<String>,
     logs: std::sync::Arc<Mutex<String>>,
+    /// Asks `/livez` every 250 ms from the start; [`Sidecar::stop`] fails the test when an
+    /// answer was not 200, so every test that stops its sidecar holds "`/livez` stays 200".
+    livez: LivezWatch,
+}
+
+struct LivezWatch {
+    task: tokio::task::JoinHandle<()>,
+    /// The first answer that was not 200: when, status and body.
+    bad: std::sync::Arc<Mutex<Option<String>>>,
+}
+
+impl LivezWatch {
+    fn start(addr: SocketAddr, netns: Option<String>) -> LivezWatch {
+        let bad = std::sync::Arc::new(Mutex::new(None));
+        let seen = bad.clone();
+        let task = tokio::spawn(async move {
+            let start = Instant::now();
+            loop {
+                let (status, body) = match &netns {
+                    None => http_get_opt(addr, "/livez")
+                        .await
+                        .unwrap_or((0, "connection refused".into())),
+                    Some(ns) => get_in(ns, addr, "/livez").await,
+                };
+                if status != 200 {
+                    let at = start.elapsed();
+                    seen.lock()
+                        .unwrap()
+                        .get_or_insert(format!("{status} after {at:?}: {body}"));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        LivezWatch { task, bad }
+    }
 }
 
 impl Sidecar {
@@ -41,6 +107,7 @@ impl Sidecar {
             child: None,
             netns: None,
             logs: Default::default(),
+            livez: LivezWatch::start(addr, None),
         }
     }
 
@@ -142,6 +209,7 @@ impl Sidecar {
             child: Some(child),
             netns: ns.map(str::to_string),
             logs,
+            livez: LivezWatch::start(addr, ns.map(str::to_string)),
         }
     }
 
@@ -188,7 +256,18 @@ impl Sidecar {
         self.get("/metrics").await.1
     }
 
+    /// Fails the test if `/livez` ever answered anything but 200, then stops the sidecar
+    /// (SIGTERM for the binary, which must exit 0).
     pub async fn stop(mut self) {
+        let watcher_ended = self.livez.task.is_finished();
+        self.livez.task.abort();
+        assert!(
+            !watcher_ended,
+            "the /livez watcher failed (a request panicked)"
+        );
+        if let Some(bad) = self.livez.bad.lock().unwrap().take() {
+            panic!("/livez answered {bad}\n{}", self.logs());
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -212,6 +291,7 @@ impl Sidecar {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
+        self.livez.task.abort();
         if let Some(t) = self.task.take() {
             t.abort();
         }
@@ -274,6 +354,34 @@ pub fn parse_response(raw: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Every counter sample (`*_total` series) in a metrics text, by series.
+pub fn counters(metrics: &str) -> std::collections::BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            name.ends_with("_total")
+                .then(|| Some((series.to_string(), value.parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// Fails when a counter of `before` is lower, or gone, in `after`.
+pub fn assert_counters_never_go_back(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) {
+    for (series, was) in before {
+        let now = after.get(series).copied();
+        assert!(
+            now.is_some_and(|now| now >= *was),
+            "{series} went from {was} to {now:?}"
+        );
+    }
 }
 
 /// The value of a sample line `name{labels} value` in a metrics text.
