@@ -87,9 +87,7 @@ async fn main() {
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("k8s/monitoring/redis-probe.rules.yaml");
 
-    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let mut cluster = Cluster::launch(Options::default()).await;
     let env = cluster.connection_env();
     let a = Sidecar::spawn_binary(&bin, &env).await;
     let b = Sidecar::spawn_binary(&bin, &env).await;

@@ -416,9 +416,7 @@ async fn main() {
 
     let mut results = vec![];
     for run in 1..=runs {
-        let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-            .await
-            .unwrap();
+        let mut cluster = Cluster::launch(Options::default()).await;
         // The idle cluster: its own CPU (cluster bus) and clients.
         let idle = infos(&cluster);
         let t = Instant::now();

@@ -96,9 +96,7 @@ async fn main() {
         proxied: true,
         ..support::Options::default()
     };
-    let cluster = tokio::task::spawn_blocking(move || support::Cluster::start(opts))
-        .await
-        .unwrap();
+    let cluster = support::Cluster::launch(opts).await;
     let mut env = cluster.connection_env();
     env.push(("PROBE_LISTEN".into(), "127.0.0.1:0".into()));
     let sidecar = Arc::new(support::Sidecar::start(support::config(&env)).await);

@@ -23,10 +23,7 @@ async fn main() {
     let args = support::numeric_args();
     let runs = args.first().copied().unwrap_or(1);
     let hold = Duration::from_secs(args.get(1).copied().unwrap_or(40));
-    let mut cluster =
-        tokio::task::spawn_blocking(|| support::Cluster::start(support::Options::default()))
-            .await
-            .unwrap();
+    let mut cluster = support::Cluster::launch(support::Options::default()).await;
     let mut env = cluster.connection_env();
     env.push(("PROBE_LISTEN".into(), "127.0.0.1:0".into()));
     let sidecar = support::Sidecar::start(support::config(&env)).await;

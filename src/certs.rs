@@ -3,7 +3,9 @@
 //! every [`CERT_CHECK_INTERVAL`]; a node that joins the topology is read when it joins, and one
 //! that leaves takes its series along at once. Only certificates that verify are exported. One
 //! short TLS connection per node each time, no AUTH, no command
-//! ([`crate::probe::tls::inspect`]).
+//! ([`crate::probe::tls::inspect`]). The client certificate's expiry is read again whenever its
+//! file changes (one `stat` per check), as the probe takes a rotated certificate up at the next
+//! check: the exported expiry is always the one in use.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,10 +34,16 @@ pub async fn watch(
         }
     };
     record_client();
+    let mut client_file = client_file_stamp(&tls);
     // Each node of the topology, and its verified certificate's expiry when it has one.
     let mut seen: HashMap<HostPort, Option<i64>> = HashMap::new();
     let mut next_round = Instant::now();
     loop {
+        let stamp = client_file_stamp(&tls);
+        if stamp != client_file {
+            client_file = stamp;
+            record_client();
+        }
         let nodes: HashSet<HostPort> = health
             .borrow_and_update()
             .nodes
@@ -78,4 +86,13 @@ pub async fn watch(
             () = tokio::time::sleep_until(next_round), if !seen.is_empty() => {}
         }
     }
+}
+
+/// What tells a new client certificate file from the one read before: the inode and the
+/// modification time of the file its path leads to now (a mounted Secret swaps a symlink).
+/// `None` without a file or when it cannot be read.
+fn client_file_stamp(tls: &TlsConfig) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(tls.files.cert.as_ref()?).ok()?;
+    Some((m.ino(), m.mtime(), m.mtime_nsec()))
 }

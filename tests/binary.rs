@@ -7,12 +7,8 @@ use std::time::{Duration, Instant};
 
 use support::{Cluster, Options};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
-
 fn run(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .env_clear()
-        .envs(env.iter().copied())
+    let out = support::binary_command(None, env.iter().copied())
         .args(args)
         .output()
         .unwrap();
@@ -133,9 +129,7 @@ fn wrong_password_logs_then_sigterm_exits_cleanly() {
     env.push(("PROBE_LISTEN".into(), listen.clone()));
     env.push(("PROBE_LOG_LEVEL".into(), "debug".into()));
     env.extend(support::fast_timings());
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .envs(env)
+    let mut child = support::binary_command(None, env)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -221,9 +215,7 @@ async fn metrics_pass_promtool() {
         "promtool",
         "sudo apt-get install -y prometheus (or run scripts/install-deps)",
     );
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::default()).await;
     let sidecar = support::Sidecar::start(support::config(&cluster.env())).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
@@ -270,7 +262,7 @@ async fn the_apps_settings_never_stop_the_sidecar() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let sidecar = support::Sidecar::spawn_binary(BIN, &env).await;
+    let sidecar = support::Sidecar::spawn(&env).await;
     let (status, _) = sidecar.get("/livez").await;
     assert_eq!(status, 200);
     let m = sidecar.metrics().await;
@@ -307,9 +299,8 @@ async fn the_apps_settings_never_stop_the_sidecar() {
 async fn listens_on_ipv4_and_ipv6_and_stops_on_sigterm() {
     let port = support::free_ports(1)[0];
     let closed = support::free_ports(1)[0];
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("REDIS_ADDRESS", format!("127.0.0.1:{closed}"))
+    let mut cmd = support::binary_command(None, [("PATH", "/usr/bin")]);
+    cmd.env("REDIS_ADDRESS", format!("127.0.0.1:{closed}"))
         .env("PROBE_LISTEN", format!("[::]:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -356,8 +347,9 @@ async fn sigterm_exits_while_dns_hangs() {
     let script = format!(
         "set -e; mount --bind {resolv} /etc/resolv.conf; ip link set lo up; \
          ip tuntap add t0 mode tun; ip link set t0 up; ip addr add 10.99.0.1/24 dev t0; \
-         exec {BIN}",
-        resolv = resolv.display()
+         exec {bin}",
+        resolv = resolv.display(),
+        bin = support::bin()
     );
     let mut cmd = Command::new(support::require_tool(
         "unshare",

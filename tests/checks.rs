@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -75,26 +75,9 @@ async fn stub(http2: bool) -> Stub {
     Stub { addr, status, seen }
 }
 
-async fn wait_body(sidecar: &Sidecar, path: &str, want_status: u16, contains: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let (s, body) = sidecar.get(path).await;
-        if s == want_status && body.contains(contains) {
-            return body;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "GET {path}: {s}\n{body}\nwanted {want_status} with {contains:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_readiness_gates_and_the_collector_never_does() {
-    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
-        .await
-        .unwrap();
+    let server = Cluster::launch(Options::standalone()).await;
     let app = stub(false).await;
     let collector = stub(false).await;
     let mut env = server.env();
@@ -116,7 +99,27 @@ async fn app_readiness_gates_and_the_collector_never_does() {
     // The collector check is opt-in: the app's ConfigMap alone (OTEL_EXPORTER_OTLP_ENDPOINT)
     // does not make every pod dial the collector.
     let quiet = Sidecar::start(config(&env)).await;
-    wait_body(&quiet, "/readyz?verbose", 200, "[+]app ok\n").await;
+    quiet
+        .wait_body(
+            "/readyz?verbose",
+            200,
+            "[+]app ok\n",
+            Duration::from_secs(15),
+        )
+        .await;
+    // The collector check would run on the app check's schedule: three app checks are three
+    // chances for it to dial.
+    support::eventually(Duration::from_secs(15), "3 app checks", || {
+        let n = app
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("GET /readyz"))
+            .count();
+        std::future::ready(support::holds(n >= 3, || n.to_string()))
+    })
+    .await;
     let m = quiet.metrics().await;
     assert!(!m.contains("check=\"otlp\""), "{m}");
     assert!(!quiet.get("/readyz?verbose").await.1.contains("otlp"));
@@ -124,8 +127,24 @@ async fn app_readiness_gates_and_the_collector_never_does() {
     assert!(collector.seen.lock().unwrap().is_empty());
     env.push(("PROBE_OTLP_CHECK".into(), "true".into()));
     let sidecar = Sidecar::start(config(&env)).await;
-    wait_body(&sidecar, "/readyz?verbose", 200, "[+]app ok\n").await;
-    let body = wait_body(&sidecar, "/readyz?verbose", 200, "[+]otlp ok\n").await;
+    sidecar
+        .wait_body(
+            "/readyz?verbose",
+            200,
+            "[+]app ok\n",
+            Duration::from_secs(15),
+        )
+        .await
+        .1;
+    let body = sidecar
+        .wait_body(
+            "/readyz?verbose",
+            200,
+            "[+]otlp ok\n",
+            Duration::from_secs(15),
+        )
+        .await
+        .1;
     assert!(body.starts_with("[+]redis ok\n"), "{body}");
     assert!(
         app.seen
@@ -147,7 +166,15 @@ async fn app_readiness_gates_and_the_collector_never_does() {
 
     // The app says 503: after its threshold the pod is not ready.
     app.status.store(503, Ordering::SeqCst);
-    let body = wait_body(&sidecar, "/readyz", 503, "[-]app failed: 503\n").await;
+    let body = sidecar
+        .wait_body(
+            "/readyz",
+            503,
+            "[-]app failed: 503\n",
+            Duration::from_secs(15),
+        )
+        .await
+        .1;
     assert!(body.contains("[+]redis ok\n"), "{body}");
     assert_eq!(sidecar.get("/readyz/app").await.0, 503);
     assert_eq!(sidecar.get("/readyz?exclude=app").await.0, 200);
@@ -168,11 +195,22 @@ async fn app_readiness_gates_and_the_collector_never_does() {
         "{m}"
     );
     app.status.store(200, Ordering::SeqCst);
-    wait_body(&sidecar, "/readyz", 200, "ok").await;
+    sidecar
+        .wait_body("/readyz", 200, "ok", Duration::from_secs(15))
+        .await
+        .1;
 
     // The collector fails: shown, counted, and /readyz stays 200.
     collector.status.store(404, Ordering::SeqCst);
-    let body = wait_body(&sidecar, "/readyz?verbose", 200, "[-]otlp failed: 404").await;
+    let body = sidecar
+        .wait_body(
+            "/readyz?verbose",
+            200,
+            "[-]otlp failed: 404",
+            Duration::from_secs(15),
+        )
+        .await
+        .1;
     assert!(
         body.contains("(non-critical)\n") && body.ends_with("readyz check passed\n"),
         "{body}"
@@ -188,9 +226,7 @@ async fn app_readiness_gates_and_the_collector_never_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_and_grpc_collector() {
-    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
-        .await
-        .unwrap();
+    let server = Cluster::launch(Options::standalone()).await;
     let down = support::free_ports(1)[0];
     let mut env = server.env();
     env.push((
@@ -199,7 +235,15 @@ async fn collector_down_and_grpc_collector() {
     ));
     env.push(("PROBE_OTLP_CHECK".into(), "true".into()));
     let sidecar = Sidecar::start(config(&env)).await;
-    let body = wait_body(&sidecar, "/readyz?verbose", 200, "[-]otlp failed: ").await;
+    let body = sidecar
+        .wait_body(
+            "/readyz?verbose",
+            200,
+            "[-]otlp failed: ",
+            Duration::from_secs(15),
+        )
+        .await
+        .1;
     assert!(body.contains("(non-critical)"), "{body}");
     let m = sidecar.metrics().await;
     assert!(
@@ -223,7 +267,15 @@ async fn collector_down_and_grpc_collector() {
     env.push(("PROBE_OTLP_CHECK".into(), "true".into()));
     env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
     let sidecar = Sidecar::start(config(&env)).await;
-    wait_body(&sidecar, "/readyz?verbose", 200, "[+]otlp ok\n").await;
+    sidecar
+        .wait_body(
+            "/readyz?verbose",
+            200,
+            "[+]otlp ok\n",
+            Duration::from_secs(15),
+        )
+        .await
+        .1;
     assert!(
         grpc.seen
             .lock()
@@ -238,8 +290,7 @@ async fn collector_down_and_grpc_collector() {
 
 #[test]
 fn otlp_lint_findings_are_listed_by_check_config() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redis-probe"))
-        .env_clear()
+    let out = support::binary_command(None, [("PATH", "/usr/bin")])
         .env("REDIS_ADDRESS", "127.0.0.1:6379")
         .env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",

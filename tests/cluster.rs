@@ -8,9 +8,7 @@ use support::{Cluster, Options, Sidecar, config, sample, with_vars};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_cluster_is_ready_and_exports_every_node() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::default()).await;
     // No attempt may time out for the connection and command counts below to be exact, and
     // one INFO read (after the first check) keeps the command count exact.
     let env = with_vars(cluster.patient_env(), &[("PROBE_INFO_INTERVAL", "1h")]);
@@ -129,9 +127,7 @@ fn outage_bound() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_outage_turns_unready_and_recovery_turns_ready() {
-    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let mut cluster = Cluster::launch(Options::default()).await;
     let sidecar = Sidecar::start(config(&cluster.env())).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
@@ -227,9 +223,7 @@ async fn full_outage_turns_unready_and_recovery_turns_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_auth_and_never_shown() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::default()).await;
     let wrong = "Wr0ng-Pa55word-XYZ";
     let mut env = cluster.env();
     env.push(("REDIS_PASSWORD".into(), wrong.into()));

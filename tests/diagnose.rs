@@ -3,11 +3,7 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::{CertNames, Cluster, Options};
-
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 
 struct Run {
     code: i32,
@@ -17,18 +13,9 @@ struct Run {
 
 fn diagnose(env: &[(String, String)], extra: &[&str]) -> Run {
     let run = |format: &str| {
-        let out = Command::new(BIN)
-            .env_clear()
-            .envs(env.iter().cloned())
-            .args(["diagnose", "--duration", "1s", "--format", format])
-            .args(extra)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let mut args = vec!["diagnose", "--duration", "1s", "--format", format];
+        args.extend_from_slice(extra);
+        support::run_binary(None, env, &args)
     };
     let (code, text) = run("text");
     let (json_code, json) = run("json");
@@ -85,9 +72,7 @@ fn no_secret(r: &Run, secrets: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_report_and_each_fault_as_a_finding() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::default()).await;
     let env = patient_env(&cluster);
 
     let healthy = diagnose(&env, &[]);
@@ -166,16 +151,18 @@ async fn healthy_report_and_each_fault_as_a_finding() {
 
     // One node made slow while diagnose measures.
     let cluster = std::sync::Arc::new(cluster);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let slow = {
-        let c = cluster.clone();
+        let (c, done) = (cluster.clone(), done.clone());
         std::thread::spawn(move || {
-            // Busy most of the time for the whole measurement (text and JSON runs).
-            for _ in 0..30 {
+            // Busy most of the time until both measurements (text and JSON runs) are over.
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 c.cli(1, &["DEBUG", "SLEEP", "0.2"]);
             }
         })
     };
     let r = diagnose(&env, &[]);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     slow.join().unwrap();
     assert_finding(&r, "slow_node");
     assert!(
@@ -188,16 +175,13 @@ async fn healthy_report_and_each_fault_as_a_finding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_expiring_soon() {
-    let server = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            names: CertNames::Loopback,
-            cluster: false,
-            cert_days: Some(7),
-            ..Options::default()
-        })
+    let server = Cluster::launch(Options {
+        names: CertNames::Loopback,
+        cluster: false,
+        cert_days: Some(7),
+        ..Options::default()
     })
-    .await
-    .unwrap();
+    .await;
     let r = diagnose(&patient_env(&server), &[]);
     assert_finding(&r, "cert_expiring");
     let days = r.json["reachability"]["nodes"][0]["tls"]["Ok"]["days_left"]

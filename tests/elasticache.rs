@@ -11,12 +11,8 @@ use support::{
     Cluster, Options, PROBE_ACL, PROBE_USER, Sidecar, role_series, sample, wait_reason, with_vars,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
-
 async fn start() -> Cluster {
-    tokio::task::spawn_blocking(|| Cluster::start(Options::elasticache()))
-        .await
-        .unwrap()
+    Cluster::launch(Options::elasticache()).await
 }
 
 async fn ready(sidecar: &Sidecar) {
@@ -35,7 +31,7 @@ async fn core_behaviours_in_the_elasticache_shape() {
     let mut cluster = start().await;
     let env = with_vars(cluster.env(), &[("PROBE_INTERVAL", "1s")]);
     assert!(!env.iter().any(|(k, _)| k == "REDIS_TLS_CA_FILE"));
-    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
+    let sidecar = Sidecar::spawn(&env).await;
     ready(&sidecar).await;
     let m = sidecar.metrics().await;
     for n in &cluster.nodes {
@@ -153,7 +149,7 @@ async fn least_privilege_users() {
     };
 
     let no_shards = user("noshards", "-@all +ping +info +cluster|slots +cluster|info");
-    let sidecar = Sidecar::spawn_binary(BIN, &no_shards).await;
+    let sidecar = Sidecar::spawn(&no_shards).await;
     ready(&sidecar).await;
     // CLUSTER SLOTS lists a replica once its replication offset has reached the cluster's
     // gossip (up to a replication ping period after the cluster is made).
@@ -188,7 +184,7 @@ async fn least_privilege_users() {
 
     // Neither topology command: the seed alone is checked, and that is enough to be ready.
     let seed_only = user("seedonly", "-@all +ping +info +cluster|info");
-    let sidecar = Sidecar::spawn_binary(BIN, &seed_only).await;
+    let sidecar = Sidecar::spawn(&seed_only).await;
     ready(&sidecar).await;
     let m = sidecar.metrics().await;
     assert_eq!(m.matches("redis_node_up{").count(), 1, "{m}");
@@ -201,7 +197,7 @@ async fn least_privilege_users() {
         "noclusterinfo",
         "-@all +ping +info +cluster|shards +cluster|slots",
     );
-    let sidecar = Sidecar::spawn_binary(BIN, &no_cluster_info).await;
+    let sidecar = Sidecar::spawn(&no_cluster_info).await;
     ready(&sidecar).await;
     let m = support::eventually(Duration::from_secs(30), "every node followed", || async {
         let m = sidecar.metrics().await;
@@ -214,7 +210,7 @@ async fn least_privilege_users() {
     sidecar.stop().await;
 
     let no_info = user("nodangerous", "+@all -@dangerous");
-    let sidecar = Sidecar::spawn_binary(BIN, &no_info).await;
+    let sidecar = Sidecar::spawn(&no_info).await;
     ready(&sidecar).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -237,7 +233,7 @@ async fn least_privilege_users() {
         "noping",
         "-@all +info +cluster|shards +cluster|slots +cluster|info",
     );
-    let sidecar = Sidecar::spawn_binary(BIN, &no_ping).await;
+    let sidecar = Sidecar::spawn(&no_ping).await;
     wait_reason(&sidecar, "permission", Duration::from_secs(30)).await;
     sidecar.stop().await;
 
@@ -267,7 +263,7 @@ async fn acl_user_password_rotation() {
     let mut env = cluster.env();
     env.retain(|(k, _)| k != "REDIS_PASSWORD");
     env.push(("REDIS_PASSWORD_FILE".into(), file.display().to_string()));
-    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
+    let sidecar = Sidecar::spawn(&env).await;
     ready(&sidecar).await;
 
     let new = "R0tated-User-Pass-99";
@@ -319,9 +315,7 @@ async fn acl_user_password_rotation() {
 async fn diagnose_in_the_elasticache_shape() {
     let cluster = start().await;
     let env = with_vars(cluster.patient_env(), &[("REDIS_READ_TIMEOUT", "10s")]);
-    let out = std::process::Command::new(BIN)
-        .env_clear()
-        .envs(env.iter().cloned())
+    let out = support::binary_command(None, env.iter().cloned())
         .args(["diagnose", "--duration", "1s", "--format", "json"])
         .output()
         .unwrap();
@@ -337,9 +331,7 @@ async fn diagnose_in_the_elasticache_shape() {
     assert!(!text.contains(support::PROBE_USER_PASSWORD));
     let connections = json["connections"].to_string();
     assert!(connections.contains("localhost:"), "{connections}");
-    let out = std::process::Command::new(BIN)
-        .env_clear()
-        .envs(env.iter().cloned())
+    let out = support::binary_command(None, env.iter().cloned())
         .args(["diagnose", "--duration", "1s"])
         .output()
         .unwrap();

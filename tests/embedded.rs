@@ -5,12 +5,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::{Cluster, Options, Sidecar, with_vars};
-
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 
 /// The example's executable, which `cargo build --examples` (in scripts/test) puts next to the
 /// tests' own.
@@ -22,6 +20,34 @@ fn embedded_example() -> PathBuf {
         path.is_file(),
         "{} is missing: build it with `cargo build --examples` (scripts/test does) before `cargo test`",
         path.display()
+    );
+    // A stale example would compare an old build: it must be newer than every file it is
+    // built from (the library's sources and its own).
+    let built = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let own = root.join("examples/embedded.rs");
+    let own_time = std::fs::metadata(&own).unwrap().modified().unwrap();
+    let mut newest = Some((own_time, own));
+    let mut dirs = vec![root.join("src")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let m = e.metadata().unwrap().modified().unwrap();
+                if newest.as_ref().is_none_or(|(t, _)| m > *t) {
+                    newest = Some((m, p));
+                }
+            }
+        }
+    }
+    let (changed, file) = newest.unwrap();
+    assert!(
+        built >= changed,
+        "{} is older than {}: rebuild it with `cargo build --examples`",
+        path.display(),
+        file.display()
     );
     path
 }
@@ -55,7 +81,7 @@ async fn embedded_example_exports_what_the_binary_exports() {
             ),
         ],
     );
-    let binary = Sidecar::spawn_binary(BIN, &env).await;
+    let binary = Sidecar::spawn(&env).await;
     let example = embedded_example();
     let embedded = Sidecar::spawn_program(example.to_str().unwrap(), &env, "APP_LISTEN").await;
     for s in [&binary, &embedded] {

@@ -34,9 +34,7 @@ async fn connection_reset_by_peer() {
         proxied: true,
         ..Options::default()
     };
-    let cluster = tokio::task::spawn_blocking(move || Cluster::start(opts))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(opts).await;
     // The default attempts: a reconnect of six TLS connections in a debug build on a loaded
     // machine can take long enough to meet the next second's reset.
     let env = with_vars(cluster.patient_env(), &[("PROBE_ATTEMPTS", "3")]);
@@ -108,9 +106,7 @@ fn default_timings(cluster: &Cluster) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_are_absorbed() {
     const ROUNDS: usize = 20;
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::default()).await;
     let env = with_vars(
         cluster.patient_env(),
         &[("PROBE_ATTEMPTS", "3"), ("PROBE_RETRY_BACKOFF", "250ms")],
@@ -206,9 +202,7 @@ async fn dropped_connections_are_absorbed() {
 /// readiness does not flip, and the new primary shows up with role primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplanned_failover_does_not_flip() {
-    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let mut cluster = Cluster::launch(Options::default()).await;
     let sidecar = Sidecar::start(config(&default_timings(&cluster))).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
@@ -274,9 +268,7 @@ async fn unplanned_failover_does_not_flip() {
 /// `CLUSTER FAILOVER` on a replica: no flip, roles swapped in the metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_failover_is_followed() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::default()).await;
     let sidecar = Sidecar::start(config(&env_with(&cluster, &[("PROBE_INTERVAL", "1s")]))).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
@@ -297,9 +289,7 @@ async fn planned_failover_is_followed() {
 /// holds, and `/readyz` keeps answering at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_primary_times_out_without_flipping() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::default()).await;
     let env = env_with(
         &cluster,
         &[
@@ -363,9 +353,7 @@ async fn frozen_primary_times_out_without_flipping() {
 /// One whole shard down: `no_primary` and 503; in degraded mode 200 with the degradation shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_outage_is_no_primary() {
-    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let mut cluster = Cluster::launch(Options::default()).await;
     let strict = Sidecar::start(config(&cluster.env())).await;
     let degraded = Sidecar::start(config(&env_with(
         &cluster,
@@ -434,10 +422,8 @@ async fn partial_outage_is_no_primary() {
 /// failed check), the open duration grows, and the password is in no log line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_outage_logs_each_change_once() {
-    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
-    let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &cluster.env()).await;
+    let mut cluster = Cluster::launch(Options::default()).await;
+    let sidecar = Sidecar::spawn(&cluster.env()).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;

@@ -1,14 +1,14 @@
 //! The Kubernetes manifests and example settings against the code: probe paths and ports the
 //! binary serves, variable names it reads, example settings it accepts.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 use redis_probe::config::KEYS;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -39,12 +39,29 @@ fn probe_paths_and_ports_are_what_the_binary_serves() {
         .rsplit(':')
         .next()
         .unwrap();
-    for file in [
-        "k8s/base/deployment.yaml",
-        "k8s/inject/sidecar-patch.yaml",
-        "k8s/variants/plain-container/kustomization.yaml",
+    // Which files declare the sidecar's port and listen address: the plain-container variant
+    // only moves the container defined by the base, so it has neither (and says so here).
+    for (file, declares_port) in [
+        ("k8s/base/deployment.yaml", true),
+        ("k8s/inject/sidecar-patch.yaml", true),
+        ("k8s/variants/plain-container/kustomization.yaml", false),
     ] {
         let text = read(file);
+        let ports = yaml_values(&text, "containerPort");
+        let listens = text
+            .lines()
+            .filter(|l| l.contains("name: PROBE_LISTEN"))
+            .count();
+        assert_eq!(
+            !ports.is_empty(),
+            declares_port,
+            "{file}: containerPort {ports:?}"
+        );
+        assert_eq!(
+            listens == 1,
+            declares_port,
+            "{file}: PROBE_LISTEN {listens} times"
+        );
         let paths = yaml_values(&text, "path");
         assert!(!paths.is_empty(), "{file}");
         for p in paths
@@ -135,9 +152,7 @@ fn variable_names_in_manifests_are_read_by_the_binary() {
 }
 
 fn check_config(env: &[(String, String)], args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .env_clear()
-        .envs(env.iter().cloned())
+    let out = support::binary_command(None, env.iter().cloned())
         .args(args)
         .arg("--check-config")
         .output()

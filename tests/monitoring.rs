@@ -150,6 +150,32 @@ fn rules_and_dashboard_use_only_exported_metrics() {
             && exported.contains("redis_cluster_expected_shards")
     );
     let rules = std::fs::read_to_string(Path::new(DIR).join("redis-probe.rules.yaml")).unwrap();
+    // Every expression on its line, so the line scan below sees all of them: a block scalar
+    // (`expr: |`) would escape it.
+    let exprs = rules
+        .lines()
+        .filter(|l| l.trim().starts_with("expr:"))
+        .count();
+    let alerts = rules
+        .lines()
+        .filter(|l| l.trim().starts_with("- alert:"))
+        .count();
+    let records = rules
+        .lines()
+        .filter(|l| l.trim().starts_with("- record:"))
+        .count();
+    assert_eq!(exprs, alerts + records, "a rule without a one-line expr");
+    assert!(
+        !rules.lines().any(|l| {
+            let t = l.trim();
+            t.starts_with("expr:")
+                && matches!(
+                    t.trim_start_matches("expr:").trim(),
+                    "|" | ">" | "|-" | ">-" | ""
+                )
+        }),
+        "write each expr on one line"
+    );
     let rule_exprs: String = rules
         .lines()
         .filter_map(|l| l.trim().strip_prefix("expr:"))

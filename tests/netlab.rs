@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use support::netns::Lab;
 use support::{Cluster, Options, Sidecar, ready_until, sample, with_vars};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
-
 async fn lab_cluster(lab: &Lab) -> Cluster {
     Cluster::launch(Options {
         netns: Some(lab.srv.clone()),
@@ -46,7 +44,7 @@ async fn an_idle_cut_is_learned_and_the_app_meets_it() {
             ("PROBE_POOL_INTERVAL", "1s"),
         ],
     );
-    let sidecar = Sidecar::spawn_binary_in(&lab.pod, BIN, &env).await;
+    let sidecar = Sidecar::spawn_in_pod(&lab.pod, &env).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
@@ -186,7 +184,7 @@ async fn a_black_hole_is_a_timeout() {
         &cluster,
         &[("PROBE_INTERVAL", "1s"), ("PROBE_IDLE_CANARY", "0")],
     );
-    let sidecar = Sidecar::spawn_binary_in(&lab.pod, BIN, &env).await;
+    let sidecar = Sidecar::spawn_in_pod(&lab.pod, &env).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
@@ -243,7 +241,7 @@ async fn latency_and_loss_do_not_flip_readiness() {
     })
     .await;
     let env = lab_env(&cluster, &[("PROBE_IDLE_CANARY", "0")]);
-    let sidecar = Sidecar::spawn_binary_in(&lab.pod, BIN, &env).await;
+    let sidecar = Sidecar::spawn_in_pod(&lab.pod, &env).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;

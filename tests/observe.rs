@@ -3,28 +3,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{Cluster, Options, Sidecar, sample};
-
-async fn wait_metric(
-    sidecar: &Sidecar,
-    series: &str,
-    want: impl Fn(f64) -> bool,
-    limit: Duration,
-) -> f64 {
-    let start = Instant::now();
-    loop {
-        let m = sidecar.metrics().await;
-        if let Some(v) = sample(&m, series)
-            && want(v)
-        {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{series} never as expected:\n{m}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Opens one TLS + AUTH connection from this process to each node index given.
 async fn open_connections(
@@ -64,9 +45,7 @@ async fn open_connections(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_usage_is_counted_from_the_pods_sockets() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::default()).await;
     // Nothing here needs an attempt to time out; a loaded machine must not fail the dials.
     let env = support::with_vars(
         cluster.patient_env(),
@@ -77,20 +56,16 @@ async fn pool_usage_is_counted_from_the_pods_sockets() {
         ],
     );
     // A separate process, as a sidecar is: this test's own connections are "the app's".
-    let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &env).await;
+    let sidecar = Sidecar::spawn(&env).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
 
     // go-redis: 10 per node x 3 primaries (no replica reads).
     assert_eq!(
-        wait_metric(
-            &sidecar,
-            "redis_pool_max_conns",
-            |v| v > 0.0,
-            Duration::from_secs(10)
-        )
-        .await,
+        sidecar
+            .wait_metric("redis_pool_max_conns", |v| v > 0.0, Duration::from_secs(10))
+            .await,
         30.0
     );
     let m = sidecar.metrics().await;
@@ -99,22 +74,22 @@ async fn pool_usage_is_counted_from_the_pods_sockets() {
     // the baseline, reached once every link is up (a link being made, a redis-cli of the
     // harness, may come and go). The sidecar's own 6 connections are never counted.
     let baseline = (cluster.nodes.len() - cluster.primaries().len()) as f64;
-    wait_metric(
-        &sidecar,
-        "redis_pool_current_conns",
-        |v| v == baseline,
-        Duration::from_secs(10),
-    )
-    .await;
+    sidecar
+        .wait_metric(
+            "redis_pool_current_conns",
+            |v| v == baseline,
+            Duration::from_secs(10),
+        )
+        .await;
 
     let conns = open_connections(&cluster, (0..7).map(|i| i % cluster.nodes.len())).await;
-    wait_metric(
-        &sidecar,
-        "redis_pool_current_conns",
-        |v| v == baseline + 7.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    sidecar
+        .wait_metric(
+            "redis_pool_current_conns",
+            |v| v == baseline + 7.0,
+            Duration::from_secs(10),
+        )
+        .await;
     let m = sidecar.metrics().await;
     let node0 = format!(
         "redis_pool_node_conns{{node=\"{}\"}}",
@@ -122,21 +97,19 @@ async fn pool_usage_is_counted_from_the_pods_sockets() {
     );
     assert!(sample(&m, &node0).unwrap() >= 2.0, "{m}");
     drop(conns);
-    wait_metric(
-        &sidecar,
-        "redis_pool_current_conns",
-        |v| v == baseline,
-        Duration::from_secs(10),
-    )
-    .await;
+    sidecar
+        .wait_metric(
+            "redis_pool_current_conns",
+            |v| v == baseline,
+            Duration::from_secs(10),
+        )
+        .await;
     sidecar.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_and_cluster_info_follow_the_cluster() {
-    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let mut cluster = Cluster::launch(Options::default()).await;
     // Nothing here needs an attempt to time out; a loaded machine must not fail the dials.
     let env = support::with_vars(
         cluster.patient_env(),
@@ -149,13 +122,13 @@ async fn info_and_cluster_info_follow_the_cluster() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
-    wait_metric(
-        &sidecar,
-        "redis_cluster_slots_ok",
-        |v| v == 16384.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    sidecar
+        .wait_metric(
+            "redis_cluster_slots_ok",
+            |v| v == 16384.0,
+            Duration::from_secs(10),
+        )
+        .await;
     let m = sidecar.metrics().await;
     assert_eq!(sample(&m, "redis_cluster_state"), Some(1.0));
     assert_eq!(sample(&m, "redis_cluster_size"), Some(3.0));
@@ -199,41 +172,29 @@ async fn info_and_cluster_info_follow_the_cluster() {
     );
     let before = sample(&m, &node0).unwrap();
     let conns = open_connections(&cluster, [0; 10]).await;
-    let peak = wait_metric(
-        &sidecar,
-        &node0,
-        |v| v >= before + 8.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    let peak = sidecar
+        .wait_metric(&node0, |v| v >= before + 8.0, Duration::from_secs(10))
+        .await;
     drop(conns);
-    wait_metric(
-        &sidecar,
-        &node0,
-        |v| v <= peak - 8.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    sidecar
+        .wait_metric(&node0, |v| v <= peak - 8.0, Duration::from_secs(10))
+        .await;
 
     // Remove a shard's coverage: its slots fail and the cluster state goes down.
     let primary = cluster.primaries()[0];
     let replica = cluster.replica_of(primary);
     cluster.kill_node(primary);
     cluster.kill_node(replica);
-    wait_metric(
-        &sidecar,
-        "redis_cluster_slots_fail",
-        |v| v > 0.0,
-        Duration::from_secs(15),
-    )
-    .await;
-    wait_metric(
-        &sidecar,
-        "redis_cluster_state",
-        |v| v == 0.0,
-        Duration::from_secs(15),
-    )
-    .await;
+    sidecar
+        .wait_metric(
+            "redis_cluster_slots_fail",
+            |v| v > 0.0,
+            Duration::from_secs(15),
+        )
+        .await;
+    sidecar
+        .wait_metric("redis_cluster_state", |v| v == 0.0, Duration::from_secs(15))
+        .await;
     let m = sidecar.metrics().await;
     assert!(sample(&m, "redis_cluster_slots_ok").unwrap() < 16384.0);
     assert_eq!(

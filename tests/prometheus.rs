@@ -15,9 +15,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::prometheus::{Prometheus, Target};
-use support::{Cluster, Options, Sidecar, with_vars};
+use support::{Cluster, Fault, Options, Sidecar, with_vars};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 const JOB: &str = "redis-probe";
 
 fn rules() -> std::path::PathBuf {
@@ -40,32 +39,23 @@ fn dashboard_queries() -> Vec<(String, String)> {
     out
 }
 
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut f: F)
+/// Polls Prometheus every 500 ms until `f` holds.
+async fn wait_for<F, Fut>(limit: Duration, what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        match f().await {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what} not seen in {limit:?}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+    support::eventually_every(limit, Duration::from_millis(500), what, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_through_a_real_prometheus() {
     // Mutual TLS, so the client certificate's expiry panel has data too.
-    let mut cluster = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            mtls: true,
-            ..Options::default()
-        })
+    let mut cluster = Cluster::launch(Options {
+        mtls: true,
+        ..Options::default()
     })
-    .await
-    .unwrap();
+    .await;
     let cert = cluster.pki.cert.display().to_string();
     let key = cluster.pki.key.display().to_string();
     // Default timings but a 1 s interval: the shipped open durations (5 s doubling to 30 s),
@@ -81,8 +71,8 @@ async fn alerts_through_a_real_prometheus() {
             ("REDIS_TLS_KEY_FILE", &key),
         ],
     );
-    let a = Sidecar::spawn_binary(BIN, &env).await;
-    let b = Sidecar::spawn_binary(BIN, &env).await;
+    let a = Sidecar::spawn(&env).await;
+    let b = Sidecar::spawn(&env).await;
     for s in [&a, &b] {
         s.wait_status("/readyz", 200, Duration::from_secs(30)).await;
     }
@@ -96,29 +86,54 @@ async fn alerts_through_a_real_prometheus() {
     })
     .await;
 
-    // Every dashboard query returns data once a few scrapes are in.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    for (title, expr) in dashboard_queries() {
-        let result = prom.query(&expr).await;
-        assert!(
-            !result.is_empty(),
-            "dashboard panel {title:?}: no data for {expr}"
-        );
-    }
-    prom.rule_health().await.unwrap_or_else(|e| panic!("{e}"));
+    // Every dashboard query returns data once a few scrapes are in, and every rule has been
+    // evaluated without error.
+    let queries = dashboard_queries();
+    wait_for(
+        Duration::from_secs(60),
+        "every dashboard panel has data",
+        || async {
+            for (title, expr) in &queries {
+                if prom.query(expr).await.is_empty() {
+                    return Err(format!("panel {title:?}: no data for {expr}"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(30),
+        "every rule evaluated ok",
+        || async { prom.rule_health().await.map(|_| ()) },
+    )
+    .await;
 
-    // Transient faults: nothing even pending.
+    // Transient faults: nothing even pending. Both sidecars must have met them (an attempt
+    // failed), or the quiet would prove nothing.
+    let failures = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("redis_health_check_attempt_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = [failures(&a.metrics().await), failures(&b.metrics().await)];
     let faults = {
-        cluster.fail_over();
-        for i in 0..cluster.nodes.len() {
-            cluster.cli(i, &["CLIENT", "KILL", "TYPE", "normal"]);
-        }
+        Fault::PlannedFailover.apply(&mut cluster, None);
+        Fault::ClientKill(None).apply(&mut cluster, None);
         Instant::now()
     };
     while faults.elapsed() < Duration::from_secs(20) {
         let alerts = prom.alerts().await;
         assert!(alerts.is_empty(), "transient faults raised {alerts:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for (s, before) in [&a, &b].into_iter().zip(before) {
+        let after = failures(&s.metrics().await);
+        assert!(
+            after > before,
+            "a sidecar never met the faults ({before} -> {after})"
+        );
     }
 
     // A full outage: the seed's rule and the breaker alert, once for the workload.

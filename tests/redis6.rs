@@ -7,16 +7,12 @@ use std::time::{Duration, Instant};
 
 use support::{Cluster, Options, Sidecar, config, with_vars};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
-
 /// Ready through CLUSTER SLOTS; the server-side view is there for every node (INFO asked
 /// section by section), so `diagnose` can compare the pool ceiling with maxclients; a planned
 /// failover is followed without a flip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_6_2_cluster() {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::redis6()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::redis6()).await;
     let version = cluster.cli(0, &["INFO", "server"]);
     assert!(version.contains("redis_version:6.2"), "{version}");
 
@@ -57,9 +53,7 @@ async fn redis_6_2_cluster() {
                 .contains("OK")
         );
     }
-    let out = std::process::Command::new(BIN)
-        .env_clear()
-        .envs(env.iter().cloned())
+    let out = support::binary_command(None, env.iter().cloned())
         .env("REDIS_POOL_SIZE", "1000")
         .args(["diagnose", "--duration", "1s", "--replicas", "72"])
         .output()

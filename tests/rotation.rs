@@ -7,23 +7,10 @@ use std::time::Duration;
 use support::{Cluster, Options, Sidecar, config};
 
 /// Waits until `/readyz` fails with `auth`, at most `limit`.
-async fn wait_auth_failure(sidecar: &Sidecar, limit: Duration) {
-    let start = std::time::Instant::now();
-    loop {
-        let body = sidecar.get("/readyz?verbose").await.1;
-        if body.starts_with("[-]redis failed: auth\n") {
-            return;
-        }
-        assert!(start.elapsed() < limit, "never failed with auth:\n{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A cluster, its token in a file, and a ready sidecar reading `REDIS_PASSWORD_FILE`.
 async fn ready_with_token_file() -> (Cluster, std::path::PathBuf, Sidecar) {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
+    let cluster = Cluster::launch(Options::default()).await;
     let token_file = cluster.dir.path().join("auth-token");
     std::fs::write(&token_file, format!("{}\n", cluster.password)).unwrap();
     let mut env: Vec<(String, String)> = cluster
@@ -72,7 +59,7 @@ async fn rotated_token_is_read_again_after_auth_fails() {
     })
     .await
     .unwrap();
-    wait_auth_failure(&sidecar, Duration::from_secs(15)).await;
+    support::wait_reason(&sidecar, "auth", Duration::from_secs(15)).await;
 
     std::fs::write(&token_file, format!("{new}\n")).unwrap();
     sidecar
@@ -93,7 +80,7 @@ async fn a_changed_token_file_is_taken_up_at_once() {
     let (cluster, token_file, sidecar) = ready_with_token_file().await;
     let revoked = "Revoked-Token-9";
     std::fs::write(&token_file, format!("{revoked}\n")).unwrap();
-    wait_auth_failure(&sidecar, Duration::from_secs(30)).await;
+    support::wait_reason(&sidecar, "auth", Duration::from_secs(30)).await;
     std::fs::write(&token_file, format!("{}\n", cluster.password)).unwrap();
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))

@@ -26,9 +26,7 @@ fn fds(pid: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_reconnects_keep_rss_and_fds_flat() {
-    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
-        .await
-        .unwrap();
+    let server = Cluster::launch(Options::standalone()).await;
     let proxy = ResetProxy::start(server.nodes[0].addr().parse().unwrap()).await;
     let mut env = server.env();
     env.extend(
@@ -41,7 +39,7 @@ async fn thousand_reconnects_keep_rss_and_fds_flat() {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
-    let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &env).await;
+    let sidecar = Sidecar::spawn(&env).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;

@@ -4,25 +4,11 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{Cluster, Options, Sidecar, wait_reason, with_vars};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
 const LIMIT: Duration = Duration::from_secs(20);
-
-async fn wait_log(sidecar: &Sidecar, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sidecar.logs().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {text:?}:\n{}",
-            sidecar.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The roles swap (the old primary survives as a replica): the sidecar's connection, still to
 /// the old primary, sees `role:slave` and fails as `not_primary` (the app's writes would fail
@@ -30,18 +16,15 @@ async fn wait_log(sidecar: &Sidecar, text: &str) {
 /// ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_primary_is_not_ready_until_the_endpoint_follows() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            cluster: false,
-            replica: true,
-            ..Options::default()
-        })
+    let cluster = Cluster::launch(Options {
+        cluster: false,
+        replica: true,
+        ..Options::default()
     })
-    .await
-    .unwrap();
+    .await;
     let env = cluster.patient_env();
     assert!(env.contains(&("REDIS_CLUSTER_MODE".into(), "false".into())));
-    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
+    let sidecar = Sidecar::spawn(&env).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
@@ -54,7 +37,12 @@ async fn a_demoted_primary_is_not_ready_until_the_endpoint_follows() {
             .contains("OK")
     );
     wait_reason(&sidecar, "not_primary", LIMIT).await;
-    wait_log(&sidecar, "the server's role is slave, not master").await;
+    sidecar
+        .wait_log(
+            "the server's role is slave, not master",
+            Duration::from_secs(10),
+        )
+        .await;
 
     let endpoint = cluster.endpoint.as_ref().unwrap();
     endpoint.set_upstream(format!("127.0.0.1:{new_primary}").parse().unwrap());
@@ -68,18 +56,16 @@ async fn a_demoted_primary_is_not_ready_until_the_endpoint_follows() {
 /// its own reason, and the detail says what to set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mode_against_a_standalone_server() {
-    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
-        .await
-        .unwrap();
+    let server = Cluster::launch(Options::standalone()).await;
     let env = with_vars(server.env(), &[("REDIS_CLUSTER_MODE", "true")]);
-    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
+    let sidecar = Sidecar::spawn(&env).await;
     wait_reason(&sidecar, "cluster_mode_disabled", LIMIT).await;
-    wait_log(&sidecar, "set REDIS_CLUSTER_MODE=false").await;
+    sidecar
+        .wait_log("set REDIS_CLUSTER_MODE=false", Duration::from_secs(10))
+        .await;
     sidecar.stop().await;
 
-    let out = Command::new(BIN)
-        .env_clear()
-        .envs(env.iter().cloned())
+    let out = support::binary_command(None, env.iter().cloned())
         .args(["diagnose", "--duration", "1s"])
         .output()
         .unwrap();
@@ -88,41 +74,42 @@ async fn cluster_mode_against_a_standalone_server() {
     assert!(text.contains("] wrong_server: "), "{text}");
 }
 
-/// A Sentinel answers PING like a server; pointed at one, the sidecar says so instead of
-/// reporting ready.
+/// A Sentinel answers PING like a server; pointed at one, the sidecar says so (Redis names it
+/// in `redis_mode`, Valkey in `server_mode`) and is never ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_is_never_ready() {
-    let (server, _) = support::binaries(support::Engine::Redis7);
-    let dir = tempfile::tempdir().unwrap();
-    let port = support::free_ports(1)[0];
-    let conf = dir.path().join("sentinel.conf");
-    std::fs::write(&conf, format!("bind 127.0.0.1\nport {port}\n")).unwrap();
-    let mut cmd = Command::new(server);
-    cmd.arg(&conf)
-        .arg("--sentinel")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    support::die_with_parent(&mut cmd);
-    let sentinel = Killed(cmd.spawn().unwrap());
-    let mut env: Vec<(String, String)> = vec![
-        ("REDIS_ADDRESS".into(), format!("127.0.0.1:{port}")),
-        ("REDIS_CLUSTER_MODE".into(), "false".into()),
-        ("PROBE_LISTEN".into(), "127.0.0.1:0".into()),
-    ];
-    env.extend(support::patient_timeouts());
-    let sidecar = Sidecar::spawn_binary(BIN, &env).await;
-    wait_reason(&sidecar, "sentinel", LIMIT).await;
-    wait_log(&sidecar, "the address is a Sentinel").await;
-    sidecar.stop().await;
-    drop(sentinel);
+    sentinel_is_never_ready(support::Engine::suite()).await;
 }
 
-struct Killed(Child);
+/// Valkey's Sentinel says `server_mode:sentinel` and no `redis_mode`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valkey_sentinel_is_never_ready() {
+    sentinel_is_never_ready(support::Engine::Valkey9).await;
+}
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+async fn sentinel_is_never_ready(engine: support::Engine) {
+    let sentinel = support::Sentinel::start(engine);
+    let mut env: Vec<(String, String)> = vec![
+        ("REDIS_ADDRESS".into(), sentinel.addr()),
+        ("REDIS_CLUSTER_MODE".into(), "false".into()),
+        ("PROBE_LISTEN".into(), "127.0.0.1:0".into()),
+        ("PROBE_INTERVAL".into(), "300ms".into()),
+    ];
+    env.extend(support::patient_timeouts());
+    let sidecar = Sidecar::spawn(&env).await;
+    // Never 200, from the first check until three more have failed as `sentinel`.
+    support::eventually(LIMIT, "3 checks failed as sentinel", || async {
+        let (status, body) = sidecar.get("/readyz?verbose").await;
+        assert_ne!(status, 200, "a Sentinel was reported ready:\n{body}");
+        let m = sidecar.metrics().await;
+        let failed = support::sample(&m, "redis_health_check_failed_total{reason=\"sentinel\"}")
+            .unwrap_or(0.0);
+        support::holds(failed >= 3.0, || format!("{body}\n{m}"))
+    })
+    .await;
+    wait_reason(&sidecar, "sentinel", LIMIT).await;
+    sidecar
+        .wait_log("the address is a Sentinel", Duration::from_secs(10))
+        .await;
+    sidecar.stop().await;
 }

@@ -10,15 +10,12 @@ use support::{CertNames, Cluster, HOST_ONLY_NAME, Options, Sidecar, config, samp
 /// `REDIS_TLS_SERVER_NAME`, and fails with reason `tls` without it or with a wrong CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_name_and_wrong_ca() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        Cluster::start(Options {
-            names: CertNames::HostOnly,
-            cluster: true,
-            ..Options::default()
-        })
+    let cluster = Cluster::launch(Options {
+        names: CertNames::HostOnly,
+        cluster: true,
+        ..Options::default()
     })
-    .await
-    .unwrap();
+    .await;
 
     let mut env = cluster.env();
     env.push(("REDIS_TLS_SERVER_NAME".into(), HOST_ONLY_NAME.into()));
@@ -62,9 +59,7 @@ async fn server_name_and_wrong_ca() {
 /// `REDIS_CLUSTER_MODE=false`: one TLS server, PINGed as a primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_server() {
-    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
-        .await
-        .unwrap();
+    let server = Cluster::launch(Options::standalone()).await;
     let sidecar = Sidecar::start(config(&server.env())).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
@@ -218,9 +213,7 @@ async fn client_certificate_rotates_without_a_restart() {
 /// corrupt `SSL_CERT_FILE`) does not fail the dials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_system_store_does_not_matter_with_a_ca_file() {
-    let server = tokio::task::spawn_blocking(|| Cluster::start(Options::standalone()))
-        .await
-        .unwrap();
+    let server = Cluster::launch(Options::standalone()).await;
     let bundle = server.dir.path().join("corrupt-bundle.pem");
     std::fs::write(
         &bundle,
@@ -229,7 +222,7 @@ async fn a_broken_system_store_does_not_matter_with_a_ca_file() {
     .unwrap();
     let mut env = server.env();
     env.push(("SSL_CERT_FILE".into(), bundle.display().to_string()));
-    let sidecar = Sidecar::spawn_binary(env!("CARGO_BIN_EXE_redis-probe"), &env).await;
+    let sidecar = Sidecar::spawn(&env).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;

@@ -10,8 +10,6 @@ use std::time::Duration;
 use support::proxy::ResetProxy;
 use support::{Cluster, Options, Sidecar, sample, with_vars};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redis-probe");
-
 /// Every `node` label value in a scrape, whatever the family.
 fn node_labels(metrics: &str) -> BTreeSet<String> {
     metrics
@@ -44,10 +42,8 @@ async fn scrape_until(
 
 /// A new cluster, and the binary with `vars` on top of the patient settings, ready.
 async fn ready_sidecar(vars: &[(&str, &str)]) -> (Cluster, Sidecar) {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(Options::default()))
-        .await
-        .unwrap();
-    let sidecar = Sidecar::spawn_binary(BIN, &with_vars(cluster.patient_env(), vars)).await;
+    let cluster = Cluster::launch(Options::default()).await;
+    let sidecar = Sidecar::spawn(&with_vars(cluster.patient_env(), vars)).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;

@@ -560,8 +560,12 @@ impl RedisProbe {
             None => {
                 self.commands.fetch_add(1, Ordering::Relaxed);
                 let server = view::section(&mut conn, "server", deadline).await;
+                // Redis says `redis_mode:sentinel`; Valkey `server_mode:sentinel`.
                 let sentinel = server.is_ok_and(|t| {
-                    info::parse_info(&t).0.get("redis_mode").map(|m| m.trim()) == Some("sentinel")
+                    let info = info::parse_info(&t).0;
+                    ["redis_mode", "server_mode"]
+                        .iter()
+                        .any(|k| info.get(*k).map(|m| m.trim()) == Some("sentinel"))
                 });
                 self.conns.remove(addr);
                 Err(if sentinel {

@@ -672,3 +672,56 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A Sentinel (`--sentinel`) of `engine` on a free loopback port, plain text, watching
+/// nothing; killed on drop.
+pub struct Sentinel {
+    pub port: u16,
+    _dir: TempDir,
+    child: Child,
+}
+
+impl Sentinel {
+    pub fn start(engine: Engine) -> Sentinel {
+        let (server, _) = engine.binaries();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_ports(1)[0];
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(&conf, format!("bind 127.0.0.1\nport {port}\n")).unwrap();
+        let mut cmd = Command::new(server);
+        cmd.arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        let child = spawn_from_lasting_thread(cmd).expect("starting a Sentinel");
+        super::eventually_blocking(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            "the Sentinel listens",
+            || {
+                super::holds(
+                    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                    String::new,
+                )
+            },
+        );
+        Sentinel {
+            port,
+            _dir: dir,
+            child,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

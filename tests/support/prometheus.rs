@@ -186,7 +186,8 @@ impl Prometheus {
             .collect()
     }
 
-    /// Every rule group's rules with their health; `Err` lists rules that failed to evaluate.
+    /// Every rule group's rules with their health; `Err` lists rules that are not `ok`
+    /// (failed, or not evaluated yet), or says there are none.
     pub async fn rule_health(&self) -> Result<usize, String> {
         let data = self.api("/api/v1/rules").await;
         let mut n = 0;
@@ -194,15 +195,15 @@ impl Prometheus {
         for g in data["groups"].as_array().cloned().unwrap_or_default() {
             for r in g["rules"].as_array().cloned().unwrap_or_default() {
                 n += 1;
-                if r["health"] != "ok" && r["health"] != "unknown" {
-                    bad.push(format!("{}: {}", r["name"], r["lastError"]));
+                if r["health"] != "ok" {
+                    bad.push(format!("{}: {} {}", r["name"], r["health"], r["lastError"]));
                 }
             }
         }
-        if bad.is_empty() {
-            Ok(n)
-        } else {
-            Err(bad.join("\n"))
+        match (n, bad.is_empty()) {
+            (0, _) => Err("no rules loaded".into()),
+            (n, true) => Ok(n),
+            _ => Err(bad.join("\n")),
         }
     }
 

@@ -14,7 +14,11 @@ use super::{Cluster, die_with_parent, free_ports, netns, spawn_from_lasting_thre
 /// The sidecar's binary as a command with exactly `env` (nothing inherited), run inside
 /// network namespace `ns` when given: the one way tests run it for a subcommand
 /// (`diagnose`, `--check-config`) or a start that is expected to fail.
-pub fn binary_command(ns: Option<&str>, env: &[(String, String)]) -> Command {
+pub fn binary_command<K, V>(ns: Option<&str>, env: impl IntoIterator<Item = (K, V)>) -> Command
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
     let bin = super::bin();
     let mut cmd = match ns {
         Some(ns) => {
@@ -24,16 +28,14 @@ pub fn binary_command(ns: Option<&str>, env: &[(String, String)]) -> Command {
         }
         None => Command::new(&bin),
     };
-    cmd.env_clear()
-        .envs(env.iter().cloned())
-        .stdin(Stdio::null());
+    cmd.env_clear().envs(env).stdin(Stdio::null());
     cmd
 }
 
 /// Runs the binary with `env` and `args` to its end (60 s at most); its exit code and
 /// everything it printed (stdout, then stderr).
 pub fn run_binary(ns: Option<&str>, env: &[(String, String)], args: &[&str]) -> (i32, String) {
-    let mut cmd = binary_command(ns, env);
+    let mut cmd = binary_command(ns, env.iter().cloned());
     cmd.args(args);
     let out = super::run_with_timeout(cmd, Duration::from_secs(60));
     (
@@ -109,6 +111,18 @@ impl Sidecar {
             logs: Default::default(),
             livez: LivezWatch::start(addr, None),
         }
+    }
+
+    /// Runs the sidecar's binary with exactly `env` (plus a free `PROBE_LISTEN`), collecting
+    /// what it logs.
+    pub async fn spawn(env: &[(String, String)]) -> Sidecar {
+        Self::spawn_in(None, &super::bin(), env, "PROBE_LISTEN").await
+    }
+
+    /// As [`Sidecar::spawn`], inside the lab's pod namespace `ns`, listening on the pod's
+    /// address.
+    pub async fn spawn_in_pod(ns: &str, env: &[(String, String)]) -> Sidecar {
+        Self::spawn_in(Some(ns), &super::bin(), env, "PROBE_LISTEN").await
     }
 
     /// Runs the `redis-probe` binary at `bin` with exactly `env` (plus a free `PROBE_LISTEN`),
@@ -238,18 +252,55 @@ impl Sidecar {
         status: u16,
         limit: Duration,
     ) -> (Duration, String) {
+        self.wait_body(path, status, "", limit).await
+    }
+
+    /// Waits until `GET path` answers `status` with a body containing `contains`, at most
+    /// `limit`; returns how long it took and the body.
+    pub async fn wait_body(
+        &self,
+        path: &str,
+        status: u16,
+        contains: &str,
+        limit: Duration,
+    ) -> (Duration, String) {
         let start = Instant::now();
-        loop {
+        let what = format!("GET {path} answers {status} with {contains:?}");
+        let body = super::eventually(limit, &what, || async {
             let (s, body) = self.get(path).await;
-            if s == status {
-                return (start.elapsed(), body);
+            if s == status && body.contains(contains) {
+                Ok(body)
+            } else {
+                Err(format!("{s}\n{body}"))
             }
-            assert!(
-                start.elapsed() < limit,
-                "GET {path} still {s} after {limit:?}, wanted {status}:\n{body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        (start.elapsed(), body)
+    }
+
+    /// Waits until the sample `series` exists and satisfies `want`; returns its value.
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        want: impl Fn(f64) -> bool,
+        limit: Duration,
+    ) -> f64 {
+        super::eventually(limit, &format!("{series} as expected"), || async {
+            let m = self.metrics().await;
+            match sample(&m, series) {
+                Some(v) if want(v) => Ok(v),
+                _ => Err(m),
+            }
+        })
+        .await
+    }
+
+    /// Waits until the binary has logged a line containing `text`.
+    pub async fn wait_log(&self, text: &str, limit: Duration) {
+        super::eventually(limit, &format!("a log line with {text:?}"), || {
+            std::future::ready(super::holds(self.logs().contains(text), || self.logs()))
+        })
+        .await
     }
 
     pub async fn metrics(&self) -> String {
@@ -451,21 +502,18 @@ pub fn roles_swapped(cluster: &Cluster, old: usize, new: usize) -> impl Fn(&str)
 
 /// Waits until `/readyz?verbose` names `reason` (503), at most `limit`; returns the body.
 pub async fn wait_reason(sidecar: &Sidecar, reason: &str, limit: Duration) -> String {
-    let start = Instant::now();
-    loop {
+    let what = format!("/readyz names the reason {reason}");
+    super::eventually_every(limit, Duration::from_millis(100), &what, || async {
         let (status, body) = sidecar.get("/readyz?verbose").await;
         let named = |end: &str| body.contains(&format!("[-]redis failed: {reason}{end}"));
         if named("\n") || named(" (") {
             assert_eq!(status, 503, "{body}");
-            return body;
+            Ok(body)
+        } else {
+            Err(format!("{body}\n{}", sidecar.logs()))
         }
-        assert!(
-            start.elapsed() < limit,
-            "reason {reason} never shown in {limit:?}:\n{body}\n{}",
-            sidecar.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 pub fn role_series(cluster: &Cluster, i: usize, role: &str) -> String {
