@@ -134,8 +134,7 @@ async fn app_readiness_gates_and_the_collector_never_does() {
             "[+]app ok\n",
             Duration::from_secs(15),
         )
-        .await
-        .1;
+        .await;
     let body = sidecar
         .wait_body(
             "/readyz?verbose",
@@ -197,8 +196,7 @@ async fn app_readiness_gates_and_the_collector_never_does() {
     app.status.store(200, Ordering::SeqCst);
     sidecar
         .wait_body("/readyz", 200, "ok", Duration::from_secs(15))
-        .await
-        .1;
+        .await;
 
     // The collector fails: shown, counted, and /readyz stays 200.
     collector.status.store(404, Ordering::SeqCst);
@@ -274,8 +272,7 @@ async fn collector_down_and_grpc_collector() {
             "[+]otlp ok\n",
             Duration::from_secs(15),
         )
-        .await
-        .1;
+        .await;
     assert!(
         grpc.seen
             .lock()

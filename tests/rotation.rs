@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use support::{Cluster, Options, Sidecar, config};
 
-/// Waits until `/readyz` fails with `auth`, at most `limit`.
-
 /// A cluster, its token in a file, and a ready sidecar reading `REDIS_PASSWORD_FILE`.
 async fn ready_with_token_file() -> (Cluster, std::path::PathBuf, Sidecar) {
     let cluster = Cluster::launch(Options::default()).await;
