@@ -75,6 +75,107 @@ fn bad_configuration_exits_64_naming_variable_and_value() {
     let (code, _, err) = run(&[("PROBE_LISTEN", "127.0.0.1:0")], &[]);
     assert_eq!(code, 64);
     assert!(err.contains("REDIS_ADDRESS is required"), "{err}");
+    // Absurd values: exit 64 naming the variable and the value, never a panic.
+    for (var, value) in [
+        ("PROBE_ATTEMPTS", "1000000000"),
+        ("PROBE_INTERVAL", "100000years"),
+    ] {
+        let (code, _, err) = run(&[("REDIS_ADDRESS", "a:1"), (var, value)], &[]);
+        assert_eq!(code, 64, "{var}={value}: {err}");
+        assert!(err.contains(&format!("{var}={value}")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// A pod without IPv6 (a kernel booted with `ipv6.disable=1`: every IPv6 socket fails with
+/// EAFNOSUPPORT, made here with a seccomp filter on the binary): the default `[::]:8081`
+/// cannot be bound, so the sidecar listens on `0.0.0.0:8081` and says so, rather than not
+/// starting.
+#[tokio::test]
+async fn an_ipv4_only_pod_falls_back_to_0_0_0_0() {
+    let port = support::free_ports(1)[0];
+    let mut cmd = support::binary_command(None, [("REDIS_ADDRESS", "127.0.0.1:1")]);
+    // The default listen address, on a port of the test's own.
+    cmd.env("PROBE_LISTEN", format!("[::]:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    support::die_with_parent(&mut cmd);
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(no_ipv6);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    support::eventually(Duration::from_secs(20), "an answer on IPv4", || {
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("exited with {s:?}");
+        }
+        async move {
+            match support::http_get_opt(v4, "/livez").await {
+                Some((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let logs =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.contains("no IPv6 in this pod: listening on IPv4 only"),
+        "{logs}"
+    );
+}
+
+/// A seccomp filter for the process about to exec: `socket(AF_INET6, ..)` fails with
+/// EAFNOSUPPORT, as on a kernel without IPv6; everything else is allowed (x86_64 numbering).
+fn no_ipv6() -> std::io::Result<()> {
+    const NR_SOCKET: u32 = 41;
+    const AF_INET6: u32 = 10;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let stmt = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let mut filter = [
+        stmt(load, 0),         // seccomp_data.nr
+        jump(NR_SOCKET, 0, 3), // socket? else allow
+        stmt(load, 16),        // args[0], low half: the family
+        jump(AF_INET6, 0, 1),  // AF_INET6? else allow
+        stmt(ret, RET_ERRNO | libc::EAFNOSUPPORT as u32),
+        stmt(ret, RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[test]

@@ -282,3 +282,100 @@ async fn metrics_content_negotiation() {
         "{raw}"
     );
 }
+
+/// The state of the server's side of the connection from `client` (a row of /proc/net/tcp with
+/// the server's address local and the client's remote): `01` while established, anything else
+/// (or gone) once the server has closed it.
+fn server_side_state(server: std::net::SocketAddr, client: std::net::SocketAddr) -> Option<String> {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        std::net::SocketAddr::V6(_) => unreachable!("loopback IPv4"),
+    };
+    let (local, remote) = (hex(server), hex(client));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[1] == local && f[2] == remote)
+        .map(|f| f[3].to_string())
+}
+
+/// A client has `HEADER_READ_TIMEOUT` (5 s) to send its request head: one that never finishes
+/// it is cut loose then, not before.
+#[tokio::test]
+async fn a_request_head_that_never_ends_is_cut_after_5_s() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(OnFailure::Unready).await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let sent = std::time::Instant::now();
+    let mut buf = vec![];
+    let _ = tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut buf))
+        .await
+        .expect("a request head that never ends was never cut");
+    let took = sent.elapsed();
+    println!("unfinished head cut after {took:?}");
+    assert!(
+        took >= server::HEADER_READ_TIMEOUT - Duration::from_millis(100),
+        "cut after {took:?}, before the client's 5 s"
+    );
+}
+
+/// At 256 connections one more asks the oldest answered one to close; when that one is busy
+/// (here: writing to a client that pipelines `/metrics` and never reads), it gets 1 s to
+/// finish, then it is closed, well before its write timeout (5 s) would end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_busy_connection_is_closed_after_1_s() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(OnFailure::Unready).await;
+    wait(s.addr, "/readyz", 200).await;
+    // The oldest connection: answered once, then busy with answers it never reads.
+    let mut busy = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let client = busy.local_addr().unwrap();
+    busy.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 512];
+    let n = busy.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    let pipelined = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    let (_read_half, mut write_half) = busy.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write_half.write_all(&pipelined).await;
+        write_half
+    });
+    // The rest of the table, opened and left idle (never answered, so never evicted).
+    let mut others = vec![];
+    for _ in 0..server::MAX_CONNECTIONS - 1 {
+        others.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+    }
+    assert_eq!(server_side_state(s.addr, client).as_deref(), Some("01"));
+    // One more: the oldest answered connection is asked to close.
+    let asked = std::time::Instant::now();
+    others.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+    support::eventually(
+        Duration::from_secs(30),
+        "the busy connection is closed",
+        || {
+            std::future::ready(match server_side_state(s.addr, client) {
+                Some(state) if state == "01" => Err(state),
+                _ => Ok(()),
+            })
+        },
+    )
+    .await;
+    let took = asked.elapsed();
+    println!("evicted busy connection closed after {took:?}");
+    assert!(
+        took < server::CLOSE_GRACE + Duration::from_secs(2),
+        "closed after {took:?}: the 1 s grace did not hold (the write timeout is 5 s)"
+    );
+    writer.abort();
+}

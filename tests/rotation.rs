@@ -4,13 +4,13 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Options, Sidecar, config};
+use support::{Cluster, Options, Sidecar, config, sample};
 
 /// A cluster, its token in a file, and a ready sidecar reading `REDIS_PASSWORD_FILE`.
 async fn ready_with_token_file() -> (Cluster, std::path::PathBuf, Sidecar) {
     let cluster = Cluster::launch(Options::default()).await;
-    let token_file = cluster.dir.path().join("auth-token");
-    std::fs::write(&token_file, format!("{}\n", cluster.password)).unwrap();
+    let token_file = cluster.dir.path().join("secret/auth-token");
+    mount_token(&token_file, &cluster.password);
     let mut env: Vec<(String, String)> = cluster
         .env()
         .into_iter()
@@ -25,6 +25,23 @@ async fn ready_with_token_file() -> (Cluster, std::path::PathBuf, Sidecar) {
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     (cluster, token_file, sidecar)
+}
+
+/// Writes `token` as a kubelet updates a mounted Secret: a new version directory, the `..data`
+/// symlink swapped to it atomically, the file a symlink through `..data`.
+fn mount_token(file: &std::path::Path, token: &str) {
+    let dir = file.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let version = format!("..v{}", std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
+    std::fs::create_dir(dir.join(&version)).unwrap();
+    std::fs::write(dir.join(&version).join("auth-token"), format!("{token}\n")).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if std::fs::symlink_metadata(file).is_err() {
+        std::os::unix::fs::symlink("..data/auth-token", file).unwrap();
+    }
 }
 
 /// The cluster's token changes (`requirepass` and `masterauth` on every node) and connections
@@ -59,7 +76,7 @@ async fn rotated_token_is_read_again_after_auth_fails() {
     .unwrap();
     support::wait_reason(&sidecar, "auth", Duration::from_secs(15)).await;
 
-    std::fs::write(&token_file, format!("{new}\n")).unwrap();
+    mount_token(&token_file, new);
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
@@ -77,9 +94,25 @@ async fn rotated_token_is_read_again_after_auth_fails() {
 async fn a_changed_token_file_is_taken_up_at_once() {
     let (cluster, token_file, sidecar) = ready_with_token_file().await;
     let revoked = "Revoked-Token-9";
-    std::fs::write(&token_file, format!("{revoked}\n")).unwrap();
+    let checks = |m: &str| sample(m, "redis_health_checks_total").unwrap_or(0.0);
+    let before = checks(&sidecar.metrics().await);
+    mount_token(&token_file, revoked);
+    sidecar
+        .wait_metric(
+            "redis_health_check_attempt_failures_total{reason=\"auth\"}",
+            |v| v >= 1.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    // At the next check: the one in flight at the swap may still use the old token.
+    let after = checks(&sidecar.metrics().await);
+    assert!(
+        after <= before + 2.0,
+        "taken up after {} checks, not the next",
+        after - before
+    );
     support::wait_reason(&sidecar, "auth", Duration::from_secs(30)).await;
-    std::fs::write(&token_file, format!("{}\n", cluster.password)).unwrap();
+    mount_token(&token_file, &cluster.password);
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;

@@ -502,6 +502,9 @@ mod tests {
         let (capped, dropped) = t.clone().capped(7);
         assert_eq!((capped.nodes().count(), dropped), (7, 23));
         assert_eq!(capped.shards.len(), 3);
+        // In the reply's order: the first shards whole, the next one cut at the cap.
+        assert_eq!(capped.shards[..2], t.shards[..2]);
+        assert_eq!(capped.shards[2].nodes, t.shards[2].nodes[..1]);
         let (same, dropped) = t.clone().capped(1000);
         assert_eq!((same, dropped), (t, 0));
     }

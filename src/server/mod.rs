@@ -33,7 +33,9 @@ use crate::health::{Health, Rx};
 use crate::metrics::{self, Metrics};
 use crate::probe::NodeReport;
 
-pub use self::connections::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE, bind, serve};
+pub use self::connections::{
+    CLOSE_GRACE, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE, WRITE_TIMEOUT, bind, serve,
+};
 pub use self::scrape::SCRAPES_PER_CPU_SECOND;
 
 /// How often the CPU limit is read again (Kubernetes can resize a pod in place).
