@@ -8,9 +8,17 @@
 //! survived, an error an idle cut at or below that age. The ages narrow down between the longest
 //! idle that survived and the shortest that was cut ([`Search`]).
 //!
+//! Not every lost idle connection is a cut: a failover, a node restart or replacement, a
+//! `CLIENT KILL`, a maxclients purge or IAM's 12-hour cut drop it too. Each loss gets its cause
+//! ([`crate::disconnect`]): the canary waits for the health loop's next check (which records its
+//! own lost connections and the nodes' changes as events), asks the node over a new connection
+//! who it is now, and counts the loss as a cut only when nothing else explains it. A cut is
+//! learned only when it happens twice at the same age ([`Search`]).
+//!
 //! A cut never touches readiness: the cluster is healthy; it is what the app's pool should be
-//! told (`ConnMaxIdleTime` below it). `redis_idle_cut_seconds{node}` is the learned age, and one
-//! log line marks each change of it.
+//! told (`ConnMaxIdleTime` below it). `redis_idle_cut_seconds{node,by}` is the learned age and
+//! who cuts (`server`: its `timeout` closed the connection; `path`: a reset on first use), and
+//! one log line marks each change of it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,23 +26,28 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout};
+use tokio::time::{Instant, sleep, timeout};
 
 use crate::config::HostPort;
+use crate::disconnect::{self, Cause, Seen};
+use crate::events::{EventLog, Kind};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::probe::Connector;
+use crate::probe::{Connector, Reason};
 
 /// How the ages are chosen: start at the longest, halve the gap between what survived and what
 /// was cut, and once they are close, confirm the cut now and then (a cut that no longer happens
-/// clears, and the search starts again from the longest).
+/// clears, and the search starts again from the longest). A cut counts once it happened twice
+/// in a row at the same age: the age after a first one is tried again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Search {
     max: Duration,
     /// The longest idle that survived since the last cut was learned.
     survived: Duration,
-    /// The shortest idle seen cut.
+    /// The shortest idle seen cut (twice).
     cut: Option<Duration>,
+    /// An age cut once, to be tried again before it counts.
+    pending: Option<Duration>,
 }
 
 /// Closer than this (or a twentieth of the cut), the cut age is known well enough.
@@ -46,6 +59,7 @@ impl Search {
             max,
             survived: Duration::ZERO,
             cut: None,
+            pending: None,
         }
     }
 
@@ -56,6 +70,9 @@ impl Search {
 
     /// How long the next canary stays idle.
     pub fn next_age(&self) -> Duration {
+        if let Some(p) = self.pending {
+            return p;
+        }
         match self.cut {
             None => self.max,
             Some(cut) => {
@@ -72,6 +89,12 @@ impl Search {
     /// One canary's outcome after `age` idle; returns the learned cut age when it changed.
     pub fn record(&mut self, age: Duration, survived: bool) -> Option<Option<Duration>> {
         let before = self.cut;
+        if !survived && self.pending != Some(age) {
+            // The first cut at this age: try it again before believing it.
+            self.pending = Some(age);
+            return None;
+        }
+        self.pending = None;
         if survived {
             self.survived = self.survived.max(age);
             if self.cut.is_some_and(|c| age >= c) {
@@ -94,8 +117,12 @@ pub async fn watch(
     mut health: watch::Receiver<Health>,
     connector: Connector,
     metrics: Arc<Metrics>,
+    events: EventLog,
     max_idle: Duration,
 ) {
+    for cause in Cause::ALL {
+        metrics.declare_disconnect("canary", cause.as_str());
+    }
     let connector = Arc::new(connector);
     let mut canaries: HashMap<HostPort, JoinHandle<()>> = HashMap::new();
     loop {
@@ -116,8 +143,15 @@ pub async fn watch(
             });
             for addr in nodes {
                 canaries.entry(addr.clone()).or_insert_with(|| {
-                    let (connector, metrics) = (connector.clone(), metrics.clone());
-                    tokio::spawn(canary(addr, connector, metrics, max_idle))
+                    let c = Canary {
+                        node: addr.to_string(),
+                        addr,
+                        connector: connector.clone(),
+                        metrics: metrics.clone(),
+                        events: events.clone(),
+                        health: health.clone(),
+                    };
+                    tokio::spawn(c.run(max_idle))
                 });
             }
         }
@@ -130,44 +164,141 @@ pub async fn watch(
     }
 }
 
-/// One node's canary, for ever: connect, PING, stay idle, PING.
-async fn canary(addr: HostPort, connector: Arc<Connector>, metrics: Arc<Metrics>, max: Duration) {
-    let node = addr.to_string();
-    let mut search = Search::new(max);
-    loop {
-        let mut conn = match connector.connect(&addr).await {
-            Ok(c) => c,
-            Err(_) => {
-                // The node is down or refuses us: the health loop reports that.
+/// One node's canary and what it reads.
+struct Canary {
+    addr: HostPort,
+    node: String,
+    connector: Arc<Connector>,
+    metrics: Arc<Metrics>,
+    events: EventLog,
+    health: watch::Receiver<Health>,
+}
+
+/// How long an identity read may take.
+const ASK: Duration = Duration::from_secs(5);
+
+impl Canary {
+    /// For ever: connect, PING, note who the node is, stay idle, PING; a failure gets its cause.
+    async fn run(mut self, max: Duration) {
+        let mut search = Search::new(max);
+        let mut next = None;
+        loop {
+            let mut conn = match next.take() {
+                Some(c) => c,
+                None => match self.connector.connect(&self.addr).await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        // The node is down or refuses us: the health loop reports that.
+                        sleep(Duration::from_secs(10)).await;
+                        continue;
+                    }
+                },
+            };
+            if ping(&mut conn).await.is_err() {
                 sleep(Duration::from_secs(10)).await;
                 continue;
             }
-        };
-        if ping(&mut conn).await.is_err() {
-            sleep(Duration::from_secs(10)).await;
-            continue;
-        }
-        let age = search.next_age();
-        sleep(age).await;
-        let survived = ping(&mut conn).await.is_ok();
-        metrics.canary.record(&node, survived);
-        if let Some(cut) = search.record(age, survived) {
-            metrics.canary.set_cut(&node, cut);
-            match cut {
-                Some(c) => tracing::warn!(
-                    node = %node,
-                    idle_cut_seconds = c.as_secs_f64(),
-                    "an idle connection to the node was cut; the app's pooled connections idle longer than this meet resets"
-                ),
-                None => {
-                    tracing::info!(node = %node, "idle connections to the node are no longer cut")
+            let before = crate::probe::identity(&mut conn, deadline()).await;
+            let age = search.next_age();
+            let idle_from = Instant::now();
+            sleep(age).await;
+            let failure = match ping(&mut conn).await {
+                Ok(()) => {
+                    self.metrics.canary.record(&self.node, "survived");
+                    self.learnt(search.record(age, true), "");
+                    next = Some(conn);
+                    continue;
                 }
+                Err(reason) => reason,
+            };
+            drop(conn);
+            self.wait_for_a_check().await;
+            let mut seen = Seen {
+                before,
+                failure: Some(failure),
+                events: self
+                    .events
+                    .about_since(&self.node, idle_from)
+                    .iter()
+                    .map(|e| e.kind)
+                    .collect(),
+                ..Seen::default()
+            };
+            if let Ok(mut c) = self.connector.connect(&self.addr).await {
+                seen.reached_again = true;
+                seen.after = crate::probe::identity(&mut c, deadline()).await;
+                next = Some(c);
+            }
+            let cause = disconnect::decide(&seen, age);
+            self.metrics.record_disconnect("canary", cause.as_str());
+            self.events
+                .push(Kind::Disconnect, Some(&self.node), cause.as_str());
+            match cause.idle_cut_by() {
+                Some(by) => {
+                    self.metrics.canary.record(&self.node, "cut");
+                    self.learnt(search.record(age, false), by);
+                }
+                None => {
+                    self.metrics.canary.record(&self.node, "explained");
+                    tracing::info!(
+                        node = %self.node,
+                        cause = cause.as_str(),
+                        idle_seconds = age.as_secs_f64(),
+                        "the idle canary's connection was lost, not to an idle cut"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Lets the health loop finish a check that started after now, so a server event that cut
+    /// this connection (a kill of every client, a restart, a failover) is in the event log.
+    async fn wait_for_a_check(&mut self) {
+        let first = self.health.borrow_and_update().nodes.clone();
+        let published = async {
+            while self.health.changed().await.is_ok() {
+                let h = self.health.borrow_and_update();
+                if !Arc::ptr_eq(&h.nodes, &first) {
+                    break;
+                }
+            }
+        };
+        let _ = timeout(Duration::from_secs(60), published).await;
+    }
+
+    /// The learned cut changed (`by`: who cuts).
+    fn learnt(&self, change: Option<Option<Duration>>, by: &'static str) {
+        let Some(cut) = change else {
+            return;
+        };
+        self.metrics.canary.set_cut(&self.node, cut, by);
+        match cut {
+            Some(c) => {
+                tracing::warn!(
+                    node = %self.node,
+                    idle_cut_seconds = c.as_secs_f64(),
+                    by,
+                    "an idle connection to the node was cut; the app's pooled connections idle longer than this meet resets"
+                );
+                self.events.push(
+                    Kind::IdleCut,
+                    Some(&self.node),
+                    format!("{by} {:.0}s", c.as_secs_f64()),
+                );
+            }
+            None => {
+                tracing::info!(node = %self.node, "idle connections to the node are no longer cut");
+                self.events.push(Kind::IdleCutCleared, Some(&self.node), "");
             }
         }
     }
 }
 
-async fn ping(conn: &mut redis::aio::MultiplexedConnection) -> Result<(), ()> {
+fn deadline() -> Instant {
+    Instant::now() + ASK
+}
+
+async fn ping(conn: &mut redis::aio::MultiplexedConnection) -> Result<(), Reason> {
     match timeout(
         Duration::from_secs(5),
         redis::cmd("PING").query_async::<String>(conn),
@@ -175,7 +306,8 @@ async fn ping(conn: &mut redis::aio::MultiplexedConnection) -> Result<(), ()> {
     .await
     {
         Ok(Ok(_)) => Ok(()),
-        _ => Err(()),
+        Ok(Err(e)) => Err(Reason::of(&e)),
+        Err(_) => Err(Reason::Timeout),
     }
 }
 
@@ -217,9 +349,23 @@ mod tests {
     }
 
     /// A cut that no longer happens (a node restart during one idle, say) clears.
+    /// One cut is tried again at the same age; it is learned only when it happens again, and a
+    /// survival in between forgets it.
+    #[test]
+    fn a_cut_counts_when_it_happens_twice_at_the_same_age() {
+        let mut search = Search::new(s(60.0));
+        assert_eq!(search.record(s(60.0), false), None);
+        assert_eq!(search.next_age(), s(60.0), "the same age again");
+        assert_eq!(search.record(s(60.0), true), None);
+        assert_eq!(search.cut(), None);
+        assert_eq!(search.record(s(60.0), false), None);
+        assert_eq!(search.record(s(60.0), false), Some(Some(s(60.0))));
+    }
+
     #[test]
     fn a_cut_that_stops_happening_clears() {
         let mut search = Search::new(s(60.0));
+        assert_eq!(search.record(s(60.0), false), None);
         assert_eq!(search.record(s(60.0), false), Some(Some(s(60.0))));
         assert_eq!(search.next_age(), s(30.0));
         search.record(s(30.0), true);

@@ -15,7 +15,10 @@
 //! - [`pool`]: the pod's connections to Redis on its own cadence: through [`sockdiag`] (netlink,
 //!   filtered by the kernel, with `tcp_info`), else `/proc/net/tcp`; and the pod's TCP reset
 //!   counters ([`tcpstats`]).
-//! - [`canary`]: one idle connection per node that learns the idle age the path cuts.
+//! - [`canary`]: one idle connection per node that learns the idle age the path cuts, once
+//!   [`disconnect`] has ruled out every server event that would also explain a lost connection.
+//! - [`events`]: the bounded log of what happened (nodes, connections, the breaker, cuts),
+//!   written by the health loop and the canary, served on `/events`.
 //! - [`checks`]: checks beside Redis, each its own task and `watch`: the app's readiness
 //!   (gating) and the OTLP collector (never gating).
 //! - [`certs`]: the node certificates' expiry, read every few hours and when nodes join.
@@ -35,6 +38,7 @@
 //! config -> spawn ─┬─> health loop (probe, breaker) ──watch: Health──┬─> server
 //!                  │                                                 ├─> pool watcher ──┐
 //!                  │                                                 ├─> idle canary ───┤
+//!   health loop and canary ──> events (log) ──> canary, server (/events)               │
 //!                  │                                                 └─> cert watcher ──┤
 //!                  └─> side checks (app, otlp) ──────watch: CheckState──> server        │
 //!   health loop, side checks, watchers and canary ──> metrics <── server (on scrape) ┘
@@ -49,6 +53,8 @@ pub mod checks;
 pub mod config;
 pub mod cpulimit;
 pub mod diagnose;
+pub mod disconnect;
+pub mod events;
 pub mod health;
 pub mod logging;
 pub mod metrics;
@@ -102,6 +108,7 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
             .is_some_and(|t| t.client.is_some()),
     }));
     metrics.set_config_warnings(config.warnings.iter().map(|w| w.kind));
+    let events = events::EventLog::new(metrics.clone());
     let (health_loop, health) = HealthLoop::new(
         RedisProbe::new(&config.redis)?,
         Timing::from_config(config),
@@ -109,6 +116,7 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
         RandomJitter,
         metrics.clone(),
     );
+    let health_loop = health_loop.with_events(events.clone());
     let health_loop = match config.observe.info_interval {
         Some(every) => health_loop.with_info(every, config.observe.maxclients),
         None => health_loop,
@@ -127,13 +135,16 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
     if let Some(max_idle) = config.observe.idle_canary {
         match probe::Connector::new(&config.redis) {
             Ok(c) => {
-                tasks.spawn(canary::watch(health.clone(), c, metrics.clone(), max_idle));
+                let events = events.clone();
+                let canary = canary::watch(health.clone(), c, metrics.clone(), events, max_idle);
+                tasks.spawn(canary);
             }
             Err(e) => tracing::warn!(problem = %e, "idle canary not started"),
         }
     }
     let side_checks = checks::spawn_all(config, &metrics, RandomJitter, &mut tasks);
-    let state = AppState::new(health, metrics, config.probe.on_failure, side_checks);
+    let state =
+        AppState::new(health, metrics, config.probe.on_failure, side_checks).with_events(events);
     tasks.spawn(server::follow_cpu_limit(state.clone()));
     Ok(Sidecar { state, tasks })
 }

@@ -96,6 +96,9 @@ fn exported_names() -> BTreeSet<String> {
         maxclients: Some(2),
         rejected_connections: Some(0),
         total_connections_received: Some(3),
+        identity: redis_probe::probe::info::Identity::parse(
+            "redis_version:7.0.15\nrun_id:x\nuptime_in_seconds:5\n",
+        ),
     };
     let report = InfoReport {
         nodes: vec![NodeView {
@@ -106,7 +109,7 @@ fn exported_names() -> BTreeSet<String> {
         cluster: Some(ClusterInfo::default()),
         ..Default::default()
     };
-    m.server_view.record_info(&report, 65000);
+    m.server_view.record_info(&report, 65000, &[]);
     let ceiling = Ceiling {
         pod: 10,
         per_node: 10,

@@ -262,7 +262,7 @@ async fn connections(
         }
         c.nodes.push(NodeConnections {
             this_pod: this_pod.as_ref().and_then(|p| p.get(&node).copied()),
-            idle_cut_seconds: cuts.get(&node).copied(),
+            idle_cut_seconds: cuts.get(&node).map(|c| c.0),
             connected_clients: n.info.connected_clients,
             maxclients,
             node,
@@ -299,8 +299,9 @@ async fn connections(
 }
 
 /// The idle cuts the sidecar running in this pod has learned (`redis_idle_cut_seconds` on its
-/// `/metrics`, on loopback at its listen port); empty when none answers there.
-async fn idle_cuts(port: u16) -> BTreeMap<String, f64> {
+/// `/metrics`, on loopback at its listen port), with who cuts (`server` or `path`); empty when
+/// none answers there.
+async fn idle_cuts(port: u16) -> BTreeMap<String, (f64, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let read = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -319,8 +320,13 @@ async fn idle_cuts(port: u16) -> BTreeMap<String, f64> {
     body.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix("redis_idle_cut_seconds{node=\"")?;
-            let (node, value) = rest.split_once("\"} ")?;
-            Some((node.to_string(), value.split(' ').next()?.parse().ok()?))
+            let (node, rest) = rest.split_once('"')?;
+            let by = rest
+                .strip_prefix(",by=\"")
+                .and_then(|r| r.split_once('"'))
+                .map_or("", |(by, _)| by);
+            let value = rest.rsplit_once("} ")?.1.split(' ').next()?.parse().ok()?;
+            Some((node.to_string(), (value, by.to_string())))
         })
         .collect()
 }
@@ -330,15 +336,19 @@ const GO_REDIS_IDLE_DEFAULT: Duration = Duration::from_secs(30 * 60);
 
 fn idle_finding(
     idle: Option<(&'static str, Duration)>,
-    cuts: &BTreeMap<String, f64>,
+    cuts: &BTreeMap<String, (f64, String)>,
     f: &mut Findings,
 ) {
-    let Some((node, cut)) = cuts
+    let Some((node, cut, by)) = cuts
         .iter()
-        .min_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(n, c)| (n, *c))
+        .min_by(|a, b| a.1.0.total_cmp(&b.1.0))
+        .map(|(n, c)| (n, c.0, c.1.as_str()))
     else {
         return;
+    };
+    let who = match by {
+        "server" => "the server closes idle connections (its `timeout`) at",
+        _ => "something on the path (a load balancer, a firewall, NAT) cuts idle connections at",
     };
     let (setting, idle) = match idle {
         Some((key, d)) => (format!("{key}={}", humantime::format_duration(d)), d),
@@ -351,7 +361,7 @@ fn idle_finding(
         f.add(
             Code::IdleAboveCut,
             format!(
-                "{setting} is longer than the idle cut measured to {node} ({cut:.0} s): pooled connections idle past it meet \"connection reset by peer\"; set the app's idle time below {cut:.0} s"
+                "{setting} is longer than the idle cut measured to {node}: {who} {cut:.0} s (seen twice, no server event to explain it); pooled connections idle past it meet \"connection reset by peer\"; set the app's idle time below {cut:.0} s"
             ),
         );
     }

@@ -40,7 +40,7 @@ pub use self::breaker::BreakerMetrics;
 pub use self::canary::CanaryMetrics;
 pub use self::checks::CheckMetrics;
 pub use self::health::HealthMetrics;
-use self::labels::{KindLabel, NodeLabel, SourceLabel, VersionLabel};
+use self::labels::{ConnCauseLabels, KindLabel, NodeLabel, SourceLabel, VersionLabel};
 pub use self::nodes::NodeMetrics;
 pub use self::pool::{Ceiling, PoolMetrics};
 pub use self::server_view::ServerViewMetrics;
@@ -102,6 +102,8 @@ pub struct Metrics {
     parse_errors: Family<SourceLabel, Counter>,
     config_warning: Family<KindLabel, Gauge>,
     cpu_limit: Gauge<f64, AtomicU64>,
+    events: Family<KindLabel, Counter>,
+    disconnects: Family<ConnCauseLabels, Counter>,
 }
 
 // === impl Metrics ===
@@ -127,6 +129,8 @@ impl Metrics {
             parse_errors: Family::default(),
             config_warning: Family::default(),
             cpu_limit: Gauge::default(),
+            events: Family::default(),
+            disconnects: Family::default(),
             registry,
             health,
             breaker,
@@ -176,11 +180,43 @@ impl Metrics {
             self.config_warning.clone(),
         );
         r.register(
+            "events",
+            "Events the sidecar saw, by kind (the log is on /events)",
+            self.events.clone(),
+        );
+        r.register(
+            "disconnects",
+            "Connections the sidecar lost, by connection (canary) and the cause it decided",
+            self.disconnects.clone(),
+        );
+        r.register(
             "cpu_limit_cores",
             "CPUs the cgroup's CFS quota allows this process (0.1 for 100m); 0 when unlimited. Sets the /metrics pace",
             self.cpu_limit.clone(),
         );
         self
+    }
+
+    /// An event of `kind` happened (`declare` only creates the series at 0).
+    pub fn record_event(&self, kind: &'static str) {
+        self.events.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn declare_event(&self, kind: &'static str) {
+        let _ = self.events.get_or_create(&KindLabel { kind });
+    }
+
+    /// The `conn` connection was lost, for `cause` (`declare` only creates the series at 0).
+    pub fn record_disconnect(&self, conn: &'static str, cause: &'static str) {
+        self.disconnects
+            .get_or_create(&ConnCauseLabels { conn, cause })
+            .inc();
+    }
+
+    pub fn declare_disconnect(&self, conn: &'static str, cause: &'static str) {
+        let _ = self
+            .disconnects
+            .get_or_create(&ConnCauseLabels { conn, cause });
     }
 
     /// The CPU limit now; `None` exports 0.

@@ -1,6 +1,8 @@
 //! The server-side view, from INFO and CLUSTER INFO (names as redis_exporter's where it has
 //! them, so existing dashboards fit).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::metrics::counter::Counter;
@@ -9,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::NodeSeries;
-use super::labels::{NodeLabel, ReasonLabel};
+use super::labels::{NodeLabel, NodeServerLabels, ReasonLabel};
 use crate::probe::InfoReport;
 use crate::probe::info::ClusterInfo;
 
@@ -28,6 +30,11 @@ pub struct ServerViewMetrics {
     cluster_size: Gauge,
     cluster_expected_shards: Gauge,
     info_failures: Family<ReasonLabel, Counter>,
+    server_info: Family<NodeServerLabels, Gauge>,
+    /// The `server_info` labels each node has now, to remove them when they change.
+    server_labels: Mutex<HashMap<String, NodeServerLabels>>,
+    uptime: Family<NodeLabel, Gauge>,
+    restarts: Family<NodeLabel, Counter>,
     nodes: NodeSeries,
 }
 
@@ -38,6 +45,22 @@ impl ServerViewMetrics {
     pub fn register(root: &mut Registry, expected_shards: Option<u32>) -> Self {
         let m = ServerViewMetrics::default();
         let r = root.sub_registry_with_prefix("redis");
+        r.register(
+            "node_server_info",
+            "Always 1: the node's engine (redis, valkey) and version (INFO server; valkey_version on Valkey)",
+            m.server_info.clone(),
+        );
+        r.register_with_unit(
+            "node_uptime",
+            "Seconds since the node's server started (INFO server)",
+            prometheus_client::registry::Unit::Seconds,
+            m.uptime.clone(),
+        );
+        r.register(
+            "node_restarts",
+            "Restarts of the node seen between INFO reads (run_id changed or uptime went back)",
+            m.restarts.clone(),
+        );
         r.register(
             "connected_clients",
             "Clients connected to the node (INFO clients)",
@@ -120,19 +143,52 @@ impl ServerViewMetrics {
     }
 
     /// INFO and CLUSTER INFO were read; nodes that did not answer keep no series.
-    pub fn record_info(&self, report: &InfoReport, maxclients_fallback: u64) {
+    /// `restarted` are the nodes seen to have restarted since the last read.
+    pub fn record_info(&self, report: &InfoReport, maxclients_fallback: u64, restarted: &[String]) {
+        let mut server_labels = self.server_labels.lock().unwrap_or_else(|e| e.into_inner());
         self.nodes
             .replace(report.nodes.iter().map(|n| n.addr.to_string()), |l| {
                 self.connected_clients.remove(l);
                 self.max_clients.remove(l);
                 self.rejected_connections.remove(l);
                 self.connections_received.remove(l);
+                self.uptime.remove(l);
+                self.restarts.remove(l);
             });
+        // Nodes that left take their server_info along.
+        server_labels.retain(|node, labels| {
+            let keep = report.nodes.iter().any(|n| n.addr.to_string() == *node);
+            if !keep {
+                self.server_info.remove(labels);
+            }
+            keep
+        });
         for n in &report.nodes {
             let node = NodeLabel {
                 node: n.addr.to_string(),
             };
             let info = &n.info;
+            let id = &info.identity;
+            if let (Some(engine), Some(version)) = (id.engine, &id.version) {
+                let labels = NodeServerLabels {
+                    node: node.node.clone(),
+                    engine,
+                    version: version.clone(),
+                };
+                if let Some(old) = server_labels.insert(node.node.clone(), labels.clone())
+                    && old != labels
+                {
+                    self.server_info.remove(&old);
+                }
+                self.server_info.get_or_create(&labels).set(1);
+            }
+            if let Some(u) = id.uptime_seconds {
+                self.uptime.get_or_create(&node).set(u as i64);
+            }
+            let restarts = self.restarts.get_or_create(&node);
+            if restarted.contains(&node.node) {
+                restarts.inc();
+            }
             if let Some(v) = info.connected_clients {
                 self.connected_clients.get_or_create(&node).set(v as i64);
             }

@@ -27,9 +27,10 @@ fn num(fields: &HashMap<&str, &str>, key: &str) -> Option<u64> {
     fields.get(key)?.trim().parse().ok()
 }
 
-/// What `INFO clients stats` says about one node's connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What `INFO server clients stats` says about one node: who it is and its connections.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeInfo {
+    pub identity: Identity,
     pub connected_clients: Option<u64>,
     /// `maxclients` (in `INFO clients` since Redis 7).
     pub maxclients: Option<u64>,
@@ -41,12 +42,64 @@ impl NodeInfo {
     pub fn parse(text: &str) -> (NodeInfo, u32) {
         let (f, errors) = parse_info(text);
         let info = NodeInfo {
+            identity: Identity::from_fields(&f),
             connected_clients: num(&f, "connected_clients"),
             maxclients: num(&f, "maxclients"),
             rejected_connections: num(&f, "rejected_connections"),
             total_connections_received: num(&f, "total_connections_received"),
         };
         (info, errors)
+    }
+}
+
+/// Which server a node is and since when (`INFO server`), and its role (`INFO replication`)
+/// when that was read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// `valkey` when the server says `server_name:valkey`, else `redis`.
+    pub engine: Option<&'static str>,
+    /// `valkey_version` on Valkey (whose `redis_version` stays 7.2.4), else `redis_version`.
+    pub version: Option<String>,
+    pub run_id: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    /// `role` of `INFO replication` (`master`, `slave`).
+    pub role: Option<String>,
+}
+
+impl Identity {
+    pub fn parse(text: &str) -> Identity {
+        Identity::from_fields(&parse_info(text).0)
+    }
+
+    fn from_fields(f: &HashMap<&str, &str>) -> Identity {
+        let text = |k: &str| {
+            f.get(k)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty() && v.len() <= 64)
+                .map(str::to_string)
+        };
+        let valkey = f.get("server_name").map(|v| v.trim()) == Some("valkey")
+            || f.contains_key("valkey_version");
+        let version = if valkey {
+            text("valkey_version")
+        } else {
+            text("redis_version")
+        };
+        let engine = match (valkey, f.contains_key("redis_version")) {
+            (true, _) => Some("valkey"),
+            (false, true) => Some("redis"),
+            (false, false) => None,
+        };
+        Identity {
+            engine,
+            version: version.filter(|v| {
+                v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            }),
+            run_id: text("run_id"),
+            uptime_seconds: num(f, "uptime_in_seconds"),
+            role: text("role"),
+        }
     }
 }
 
@@ -125,5 +178,26 @@ mod tests {
         assert_eq!(i.maxclients, Some(5));
         let (c, _) = ClusterInfo::parse("");
         assert_eq!(c, ClusterInfo::default());
+    }
+
+    #[test]
+    fn identity_of_redis_and_valkey() {
+        let redis = Identity::parse(
+            "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\nrun_id:abc123\r\nuptime_in_seconds:42\r\n",
+        );
+        assert_eq!(redis.engine, Some("redis"));
+        assert_eq!(redis.version.as_deref(), Some("7.0.15"));
+        assert_eq!(redis.run_id.as_deref(), Some("abc123"));
+        assert_eq!(redis.uptime_seconds, Some(42));
+        // Valkey keeps redis_version at 7.2.4 for clients that read it.
+        let valkey = Identity::parse(
+            "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\nserver_mode:cluster\r\nrun_id:def\r\n# Replication\r\nrole:slave\r\n",
+        );
+        assert_eq!(valkey.engine, Some("valkey"));
+        assert_eq!(valkey.version.as_deref(), Some("8.0.1"));
+        assert_eq!(valkey.role.as_deref(), Some("slave"));
+        // A version that would make a strange label is left out.
+        let odd = Identity::parse("redis_version:7.0 \"x\"{}\r\n");
+        assert_eq!(odd.version, None);
     }
 }

@@ -51,6 +51,7 @@ use self::dial::Dialer;
 use self::material::Watched;
 pub use self::reason::Reason;
 pub use self::topology::{Role, Topology};
+pub use self::view::identity;
 use crate::config::parse::{CertFile, KeyFile, Parser};
 use crate::config::{HostPort, PasswordSource, RedisConfig, Secret, TlsConfig, read_password_file};
 

@@ -10,9 +10,10 @@ use super::info::NodeInfo;
 /// How INFO is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum InfoForm {
-    /// `INFO clients stats`: one command (Redis 7.0 and later).
+    /// `INFO server clients stats`: one command (Redis 7.0 and later).
     Combined,
-    /// `INFO clients` and `INFO stats`, pipelined: before 7.0, INFO takes one section.
+    /// `INFO server`, `INFO clients` and `INFO stats`, pipelined: before 7.0, INFO takes one
+    /// section.
     PerSection,
 }
 
@@ -33,11 +34,11 @@ pub(super) async fn read(
     let mut learnt = None;
     let mut text = sections(&mut conn, form, deadline).await;
     if form == InfoForm::Combined && matches!(&text, Err(e) if one_section_only(e)) {
-        commands += 2;
+        commands += 3;
         learnt = Some(InfoForm::PerSection);
         text = sections(&mut conn, InfoForm::PerSection, deadline).await;
     } else if form == InfoForm::PerSection {
-        commands = 2;
+        commands = 3;
     }
     let result = match text {
         Ok(text) => {
@@ -83,6 +84,7 @@ async fn sections(
         InfoForm::Combined => timeout_at(
             deadline,
             redis::cmd("INFO")
+                .arg("server")
                 .arg("clients")
                 .arg("stats")
                 .query_async(conn),
@@ -93,14 +95,16 @@ async fn sections(
             deadline,
             redis::pipe()
                 .cmd("INFO")
+                .arg("server")
+                .cmd("INFO")
                 .arg("clients")
                 .cmd("INFO")
                 .arg("stats")
-                .query_async::<(String, String)>(conn),
+                .query_async::<(String, String, String)>(conn),
         )
         .await
         .map_err(|_| Failed::Timeout)?
-        .map(|(a, b)| a + "\n" + &b),
+        .map(|(a, b, c)| a + "\n" + &b + "\n" + &c),
     };
     reply.map_err(Failed::Redis)
 }
@@ -138,4 +142,17 @@ pub(super) async fn section(
         Ok(Err(e)) => Err(Fault::redis(e)),
         Err(_) => Err(Fault::timeout()),
     }
+}
+
+/// Who the node is now: `INFO server` and `INFO replication` (two commands, which every
+/// version takes); `None` when either is refused or late.
+pub async fn identity(
+    conn: &mut MultiplexedConnection,
+    deadline: Instant,
+) -> Option<super::info::Identity> {
+    let server = section(conn, "server", deadline).await.ok()?;
+    let replication = section(conn, "replication", deadline).await.ok()?;
+    Some(super::info::Identity::parse(
+        &(server + "\n" + &replication),
+    ))
 }

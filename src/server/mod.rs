@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::checks::SideCheck;
 use crate::config::OnFailure;
+use crate::events::EventLog;
 use crate::health::{Health, Rx};
 use crate::metrics::{self, Metrics};
 use crate::probe::NodeReport;
@@ -80,6 +81,8 @@ pub struct AppState {
     draining: AtomicBool,
     scrapes: scrape::ScrapeCache,
     scrape_pacer: scrape::ScrapePacer,
+    /// The event log served on `/events`, when there is one.
+    events: std::sync::OnceLock<EventLog>,
 }
 
 impl AppState {
@@ -97,7 +100,14 @@ impl AppState {
             draining: AtomicBool::new(false),
             scrapes: scrape::ScrapeCache::default(),
             scrape_pacer: scrape::ScrapePacer::default(),
+            events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves `events` on `/events`.
+    pub fn with_events(self: Arc<Self>, events: EventLog) -> Arc<Self> {
+        let _ = self.events.set(events);
+        self
     }
 
     /// Turns `/readyz` to 503 at once; called when SIGTERM arrives.
@@ -148,7 +158,7 @@ pub fn route(
     if path.len() + query.map_or(0, str::len) > MAX_URI_LEN {
         return static_text(StatusCode::URI_TOO_LONG, "request target too long\n");
     }
-    let known = matches!(path, "/livez" | "/readyz" | "/metrics")
+    let known = matches!(path, "/livez" | "/readyz" | "/metrics" | "/events")
         || path.starts_with("/readyz/")
         || path.starts_with("/livez/");
     if !known {
@@ -171,6 +181,17 @@ pub fn route(
                 .all(|c| !matches!(c.status, Status::Failed(_)));
             metrics_rsp(state, accept, ready, now)
         }
+        "/events" => match state.events.get() {
+            Some(log) => {
+                let mut r = Response::new(Full::new(Bytes::from(log.json_lines())));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-ndjson"),
+                );
+                r
+            }
+            None => static_text(StatusCode::NOT_FOUND, "no event log\n"),
+        },
         "/livez" => checks_rsp("livez", &live_checks(state, now), &q, None),
         "/readyz" => checks_rsp("readyz", &ready_checks(state, now), &q, None),
         p => {

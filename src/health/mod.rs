@@ -10,6 +10,8 @@
 //! While the breaker is open no check runs: each interval is counted as a failed check with
 //! reason `circuit_open`, and the trial check runs when the open duration ends.
 
+mod changes;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +20,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::breaker::{Breaker, State};
 use crate::config::Config;
+use crate::events::EventLog;
 use crate::metrics::{Metrics, ParseSource};
 use crate::probe::{CheckReport, NodeReport, Probe, Reason};
 use crate::schedule::{Jitter, retry_delays};
@@ -126,9 +129,8 @@ pub struct HealthLoop<P, J> {
     jitter: J,
     metrics: Arc<Metrics>,
     tx: watch::Sender<Health>,
-    /// The last check's failure reason and per-node results, to log changes only.
-    last_logged: Option<Reason>,
-    last_nodes: Vec<NodeLog>,
+    /// What changed since the last check, logged and recorded as events.
+    changes: changes::Changes,
     /// INFO / CLUSTER INFO cadence and the maxclients to assume; `None` to skip.
     info: Option<(Duration, u64)>,
     next_info: Instant,
@@ -155,8 +157,7 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             jitter,
             metrics,
             tx,
-            last_logged: None,
-            last_nodes: vec![],
+            changes: changes::Changes::new(None),
             info: None,
             next_info: Instant::now(),
         };
@@ -171,6 +172,12 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
         self
     }
 
+    /// Records what happens (nodes, connections, the breaker, restarts) in `events`.
+    pub fn with_events(mut self, events: EventLog) -> Self {
+        self.changes = changes::Changes::new(Some(events));
+        self
+    }
+
     async fn maybe_read_info(&mut self) {
         let Some((interval, maxclients)) = self.info else {
             return;
@@ -182,7 +189,10 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
         if let Ok(Some(report)) =
             tokio::time::timeout_at(deadline + ATTEMPT_GUARD, self.probe.info(deadline)).await
         {
-            self.metrics.server_view.record_info(&report, maxclients);
+            let restarted = self.changes.on_info(&report);
+            self.metrics
+                .server_view
+                .record_info(&report, maxclients, &restarted);
             self.metrics.health.record_cost(report.cost);
             let errors = u64::from(report.parse_errors);
             self.metrics.record_parse_errors(ParseSource::Info, errors);
@@ -215,7 +225,8 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             if let Some(t) = self.breaker.observe(Instant::now(), ok) {
                 self.on_transition(t, report.result.err());
             }
-            self.log_changes(&report);
+            let failures = self.breaker.consecutive_failures();
+            self.changes.on_check(&report, failures);
             let wake = self.next_wake();
             self.publish(report, wake);
             self.maybe_read_info().await;
@@ -262,6 +273,7 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             self.metrics
                 .health
                 .record_attempt(report.result, report.cost);
+            self.changes.on_attempt(&report);
             if report.result.is_ok() || attempt >= s.attempts {
                 break report;
             }
@@ -308,6 +320,7 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
 
     fn on_transition(&mut self, t: crate::breaker::Transition, reason: Option<Reason>) {
         self.metrics.breaker.record_transition(t);
+        self.changes.on_transition(t, reason);
         let reason = reason.map(Reason::as_str).unwrap_or("");
         let open_for_ms = self
             .breaker
@@ -332,90 +345,6 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
             }
         }
     }
-
-    /// One line when the check's failure reason changes; one when a node joins, leaves, changes
-    /// role, stays down for two checks, or answers again after that.
-    fn log_changes(&mut self, report: &CheckReport) {
-        let reason = report.result.err();
-        if reason != self.last_logged {
-            let failing_node = report
-                .nodes
-                .iter()
-                .find(|n| n.result.is_err())
-                .map(|n| n.addr.to_string());
-            match reason {
-                Some(r) => tracing::warn!(
-                    reason = r.as_str(),
-                    node = failing_node.as_deref().unwrap_or(""),
-                    consecutive_failures = self.breaker.consecutive_failures(),
-                    detail = report.detail.as_deref().unwrap_or(""),
-                    "Redis health check failed"
-                ),
-                None => tracing::info!("Redis health check passed"),
-            }
-            self.last_logged = reason;
-        }
-        if report.nodes.is_empty() {
-            return;
-        }
-        let first = self.last_nodes.is_empty();
-        // When every node fails, the check's own line says it all.
-        let all_failed = report.nodes.iter().all(|n| n.result.is_err());
-        let mut nodes = Vec::with_capacity(report.nodes.len());
-        for n in &report.nodes {
-            let addr = n.addr.to_string();
-            let role = n.role.as_str();
-            let before = self.last_nodes.iter().find(|b| b.addr == addr);
-            let mut log = before.cloned().unwrap_or(NodeLog {
-                addr: addr.clone(),
-                role,
-                failed_checks: 0,
-                down_logged: false,
-            });
-            match before {
-                None if !first => tracing::info!(node = %addr, role, "node joined the topology"),
-                Some(b) if b.role != role => {
-                    tracing::info!(node = %addr, from = b.role, to = role, "node changed role")
-                }
-                _ => {}
-            }
-            log.role = role;
-            match n.result {
-                // One failed check is often a connection the network dropped; a node that fails
-                // two checks in a row is down.
-                Err(r) => {
-                    log.failed_checks += 1;
-                    if log.failed_checks >= 2 && !log.down_logged && !all_failed {
-                        tracing::warn!(node = %addr, role, reason = r.as_str(), "node not answering");
-                        log.down_logged = true;
-                    }
-                }
-                Ok(_) => {
-                    if log.down_logged {
-                        tracing::info!(node = %addr, role, "node answering again");
-                    }
-                    log.failed_checks = 0;
-                    log.down_logged = false;
-                }
-            }
-            nodes.push(log);
-        }
-        for b in &self.last_nodes {
-            if !nodes.iter().any(|n| n.addr == b.addr) {
-                tracing::info!(node = %b.addr, role = b.role, "node left the topology");
-            }
-        }
-        self.last_nodes = nodes;
-    }
-}
-
-/// What was last logged about one node.
-#[derive(Debug, Clone)]
-struct NodeLog {
-    addr: String,
-    role: &'static str,
-    failed_checks: u32,
-    down_logged: bool,
 }
 
 #[cfg(test)]

@@ -1,0 +1,188 @@
+//! The field's routine events on real servers: the sidecar names what happened (its event log,
+//! a cause for each connection it lost, each node's engine, version and restarts), and an idle
+//! cut is reported only when no server event explains a lost idle connection and it happened
+//! twice at the same age.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Cluster, Engine, Fault, Options, Sidecar, sample, with_vars};
+
+/// The canary idles at most `max`, the loop checks every second and reads INFO every second.
+fn canary_env(cluster: &Cluster, max: &str) -> Vec<(String, String)> {
+    with_vars(
+        cluster.patient_env(),
+        &[
+            ("PROBE_IDLE_CANARY", max),
+            ("PROBE_INTERVAL", "1s"),
+            ("PROBE_INFO_INTERVAL", "1s"),
+        ],
+    )
+}
+
+/// `redis_probe_disconnects_total{conn="canary",cause=…}`.
+fn disconnects(m: &str, cause: &str) -> f64 {
+    sample(
+        m,
+        &format!("redis_probe_disconnects_total{{conn=\"canary\",cause=\"{cause}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Waits until every node's canary has survived one idle.
+async fn canaries_settled(sidecar: &Sidecar) {
+    support::eventually(
+        Duration::from_secs(60),
+        "a canary survived on every node",
+        || async {
+            let m = sidecar.metrics().await;
+            let survived = m
+                .lines()
+                .filter(|l| {
+                    l.starts_with("redis_idle_canary_total{") && l.contains("result=\"survived\"")
+                })
+                .filter(|l| !l.ends_with(" 0"))
+                .count();
+            support::holds(survived == 6, || m)
+        },
+    )
+    .await;
+}
+
+/// A `CLIENT KILL` of every client on one node and a restart of another (as a replacement or an
+/// engine upgrade does): the canaries lose their connections, and each loss is put down to the
+/// server event, never to an idle cut. The events are on `/events`, the restart is counted per
+/// node, every node reports the engine and version it runs, and `diagnose` finds no idle cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_events_are_not_idle_cuts() {
+    let mut cluster = Cluster::launch(Options::default()).await;
+    let env = canary_env(&cluster, "4s");
+    let sidecar = Sidecar::spawn(&env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    canaries_settled(&sidecar).await;
+
+    let killed = cluster.primaries()[0];
+    let restarted = cluster.replica_of(cluster.primaries()[1]);
+    let restarted_addr = cluster.nodes[restarted].addr();
+    tokio::task::block_in_place(|| {
+        Fault::ClientKill(Some(killed)).apply(&mut cluster, None);
+        Fault::Restart(restarted).apply(&mut cluster, None);
+    });
+    // Both canaries meet the loss at their next PING and put it down to the events.
+    let m = support::eventually(Duration::from_secs(60), "two losses explained", || async {
+        let m = sidecar.metrics().await;
+        let explained = disconnects(&m, "all_clients_dropped") + disconnects(&m, "node_restarted");
+        support::holds(explained >= 2.0, || m.clone()).map(|_| m)
+    })
+    .await;
+    for cause in ["path_idle_cut", "server_idle_timeout"] {
+        assert_eq!(disconnects(&m, cause), 0.0, "{cause}:\n{m}");
+    }
+    assert!(!m.contains("redis_idle_cut_seconds{"), "{m}");
+    assert!(!sidecar.logs().contains("was cut"), "{}", sidecar.logs());
+
+    // The restart is an event and a count; every node says what it runs.
+    let restarts = format!("redis_node_restarts_total{{node=\"{restarted_addr}\"}}");
+    sidecar
+        .wait_metric(&restarts, |v| v >= 1.0, Duration::from_secs(30))
+        .await;
+    let (status, log) = sidecar.get("/events").await;
+    assert_eq!(status, 200);
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "node_restarted" && e["node"] == restarted_addr.as_str()),
+        "{log}"
+    );
+    assert!(events.iter().any(|e| e["kind"] == "disconnect"), "{log}");
+    assert!(!log.contains(&cluster.password), "{log}");
+    let engine = if cluster.engine.is_valkey() {
+        "valkey"
+    } else {
+        "redis"
+    };
+    let version = cluster.engine.version();
+    let m = sidecar.metrics().await;
+    for n in &cluster.nodes {
+        let series = format!(
+            "redis_node_server_info{{node=\"{}\",engine=\"{engine}\",version=\"{version}\"}}",
+            n.addr()
+        );
+        assert_eq!(sample(&m, &series), Some(1.0), "{series}:\n{m}");
+    }
+
+    // diagnose in the same pod finds no idle cut for an app that idles 30 minutes.
+    let diag = with_vars(
+        env.clone(),
+        &[
+            ("REDIS_CONN_MAX_IDLE_TIME", "30m".to_string()),
+            ("PROBE_LISTEN", format!("127.0.0.1:{}", sidecar.addr.port())),
+        ],
+    );
+    let (_, report) = support::run_binary(None, &diag, &["diagnose", "--duration", "1s"]);
+    assert!(!report.contains("idle_above_cut"), "{report}");
+    sidecar.stop().await;
+}
+
+/// The server's own `timeout` (3 s) closes the canary's idle connection and nothing else: the
+/// cut is learned at the right age, twice seen, and put down to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_timeout_is_the_servers_idle_cut() {
+    let cluster = Cluster::launch(Options::default()).await;
+    cluster.cli_all(&["CONFIG", "SET", "timeout", "3"]);
+    let sidecar = Sidecar::spawn(&canary_env(&cluster, "8s")).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let m = support::eventually(
+        Duration::from_secs(120),
+        "a cut of 3-5 s by the server",
+        || async {
+            let m = sidecar.metrics().await;
+            let found = m.lines().any(|l| {
+                l.starts_with("redis_idle_cut_seconds{")
+                    && l.contains("by=\"server\"")
+                    && l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| (3.0..=5.0).contains(&v))
+            });
+            support::holds(found, || m.clone()).map(|_| m)
+        },
+    )
+    .await;
+    assert!(disconnects(&m, "server_idle_timeout") >= 2.0, "{m}");
+    assert_eq!(disconnects(&m, "path_idle_cut"), 0.0, "{m}");
+    let logs = sidecar.logs();
+    assert!(logs.contains("\"by\":\"server\""), "{logs}");
+    sidecar.stop().await;
+}
+
+/// Engine and version per node on Valkey 9 too (whose `redis_version` says 7.2.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_reports_its_own_version() {
+    let cluster = Cluster::launch(Options {
+        cluster: false,
+        ..Options::on(Engine::Valkey9)
+    })
+    .await;
+    let env = with_vars(cluster.patient_env(), &[("PROBE_INFO_INTERVAL", "1s")]);
+    let sidecar = Sidecar::spawn(&env).await;
+    let series = format!(
+        "redis_node_server_info{{node=\"{}\",engine=\"valkey\",version=\"{}\"}}",
+        cluster.nodes[0].addr(),
+        Engine::Valkey9.version()
+    );
+    sidecar
+        .wait_metric(&series, |v| v == 1.0, Duration::from_secs(30))
+        .await;
+    assert!(!sidecar.metrics().await.contains("version=\"7.2.4\""));
+    sidecar.stop().await;
+}
