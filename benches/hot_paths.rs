@@ -46,7 +46,7 @@ fn nodes(n: u16) -> Vec<NodeReport> {
 
 fn metrics_with(n: u16) -> Metrics {
     let m = Metrics::with_options(Options {
-        expected_shards: Some(3),
+        expected_shards: Some(redis_probe::config::ShardRange { min: 3, max: 3 }),
         pool: true,
         pool_ceiling: true,
         client_cert: true,

@@ -64,7 +64,7 @@ fn bad_configuration_exits_64_naming_variable_and_value() {
     );
     assert_eq!(code, 64);
     assert!(
-        err.contains("PROBE_EXPECTED_SHARDS=abc: expected an unsigned integer"),
+        err.contains("PROBE_EXPECTED_SHARDS=abc: expected a shard count N or a range MIN..MAX"),
         "{err}"
     );
     assert!(

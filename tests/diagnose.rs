@@ -113,9 +113,18 @@ async fn healthy_report_and_each_fault_as_a_finding() {
     let r = diagnose(&ca, &[]);
     assert_finding(&r, "tls");
 
-    let mut drift = env.clone();
-    drift.push(("PROBE_EXPECTED_SHARDS".into(), "5".into()));
-    assert_finding(&diagnose(&drift, &[]), "shard_drift");
+    // 3 shards live: drift against one count of 5 or bounds of 4..6, none inside auto
+    // scaling's 3..10 (scaled in to its minimum).
+    for declared in ["5", "4..6"] {
+        let mut drift = env.clone();
+        drift.push(("PROBE_EXPECTED_SHARDS".into(), declared.into()));
+        assert_finding(&diagnose(&drift, &[]), "shard_drift");
+    }
+    let mut scaled_in = env.clone();
+    scaled_in.push(("PROBE_EXPECTED_SHARDS".into(), "3..10".into()));
+    let r = diagnose(&scaled_in, &[]);
+    assert!(!codes(&r).iter().any(|c| c == "shard_drift"), "{}", r.text);
+    assert!(r.text.contains("(3..10 declared)"), "{}", r.text);
 
     let mut capped = env.clone();
     capped.push(("PROBE_MAX_NODES".into(), "4".into()));

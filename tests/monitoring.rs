@@ -76,7 +76,7 @@ fn prometheusrule_is_generated_from_the_rules_file() {
 /// Every metric name redis-probe can export, with series in every family.
 fn exported_names() -> BTreeSet<String> {
     let m = Metrics::with_options(Options {
-        expected_shards: Some(3),
+        expected_shards: Some(redis_probe::config::ShardRange { min: 3, max: 10 }),
         pool: true,
         pool_ceiling: true,
         client_cert: true,
@@ -150,7 +150,8 @@ fn rules_and_dashboard_use_only_exported_metrics() {
     let exported = exported_names();
     assert!(
         exported.contains("redis_pool_current_conns")
-            && exported.contains("redis_cluster_expected_shards")
+            && exported.contains("redis_cluster_expected_shards_min")
+            && exported.contains("redis_cluster_expected_shards_max")
     );
     let rules = std::fs::read_to_string(Path::new(DIR).join("redis-probe.rules.yaml")).unwrap();
     // Every expression on its line, so the line scan below sees all of them: a block scalar

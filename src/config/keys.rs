@@ -12,7 +12,8 @@ use std::ops::Deref;
 
 use super::parse::{
     Addresses, App, CertFile, Choice, Count, DnsName, Flag, HttpUrl, KeyFile, Listen, LogLevel,
-    OffOrPositive, Parser, Positive, ReadableFile, SecretText, Span, Text, Unit, Unsigned, UrlText,
+    OffOrPositive, Parser, Positive, ReadableFile, SecretText, ShardCount, Span, Text, Unit,
+    Unsigned, UrlText,
 };
 use super::{LogFormat, OnFailure};
 
@@ -213,8 +214,8 @@ keys! {
         "How often `INFO clients stats` is read from every node, over the connections already held, and the cluster metrics published (from the `CLUSTER INFO` each check reads with the topology). `0` turns the per-pod server view off (no `redis_connected_clients`, `redis_max_clients`, `redis_cluster_*` series): every pod exports the same per-node numbers, so a large fleet may leave them to a few pods or to redis_exporter.";
     PROBE_MAXCLIENTS: Count<{ u32::MAX }> = "cluster.maxclients", Value("65000"),
         "maxclients to assume when neither INFO nor `CONFIG GET` tells (ElastiCache disables CONFIG; its limit is 65,000).";
-    PROBE_EXPECTED_SHARDS: Unsigned = "cluster.expected_shards", Unset,
-        "Shards the cluster should have (what the infrastructure code declares); exported for drift alerts.";
+    PROBE_EXPECTED_SHARDS: ShardCount = "cluster.expected_shards", Unset,
+        "Shards the cluster should have: `N`, or `MIN..MAX` with shard auto scaling (Terraform's `min_node_groups..max_node_groups`; at low CPU target tracking scales in to the minimum). Exported for drift alerts, which fire only outside it.";
     PROBE_MAX_NODES: Count<10000> = "cluster.max_nodes", Value("1000"),
         "Most nodes followed; a topology with more keeps whole shards in order up to this many, with one log line and a `topology_truncated` finding in `diagnose`. Bounds connections, memory and series whatever a server reports (ElastiCache's largest cluster has 500 nodes).";
     PROBE_IDLE_CANARY: OffOrPositive = "cluster.idle_canary", Value("6m"),

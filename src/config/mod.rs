@@ -186,6 +186,29 @@ impl AppPool {
     }
 }
 
+/// The shard counts the cluster may have: one number, or auto scaling's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ShardRange {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl ShardRange {
+    pub fn contains(self, shards: usize) -> bool {
+        (self.min as usize..=self.max as usize).contains(&shards)
+    }
+}
+
+impl std::fmt::Display for ShardRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}..{}", self.min, self.max)
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     pub addresses: Vec<HostPort>,
@@ -239,7 +262,7 @@ pub struct ObserveConfig {
     /// maxclients to assume when the server does not tell (ElastiCache disables CONFIG).
     pub maxclients: u64,
     /// Shards the cluster should have, for drift alerts.
-    pub expected_shards: Option<u32>,
+    pub expected_shards: Option<ShardRange>,
     /// How often the pod's sockets are counted from /proc/net/tcp.
     pub pool_interval: Duration,
     /// Overrides the computed pool ceiling of the pod.
@@ -546,11 +569,33 @@ mod tests {
     }
 
     #[test]
+    fn expected_shards_are_a_count_or_bounds() {
+        let shards = |v: &str| {
+            load(&[("REDIS_ADDRESS", "a:1"), ("PROBE_EXPECTED_SHARDS", v)])
+                .map(|c| c.observe.expected_shards.unwrap())
+                .map_err(|e| e.problems)
+        };
+        assert_eq!(shards("5"), Ok(ShardRange { min: 5, max: 5 }));
+        assert_eq!(shards("3..10"), Ok(ShardRange { min: 3, max: 10 }));
+        assert!(shards("3..10").unwrap().contains(3) && !shards("3..10").unwrap().contains(11));
+        assert_eq!(shards("3..10").unwrap().to_string(), "3..10");
+        for bad in ["0", "10..3", "3..", "..3", "3...10", "501", "-1"] {
+            let p = shards(bad).unwrap_err();
+            assert!(
+                p[0].starts_with(&format!("PROBE_EXPECTED_SHARDS={bad}")),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_values_name_variable_and_value() {
         let p = problems(&[("REDIS_ADDRESS", "a:1"), ("PROBE_EXPECTED_SHARDS", "abc")]);
         assert_eq!(
             p,
-            vec!["PROBE_EXPECTED_SHARDS=abc: expected an unsigned integer"]
+            vec![
+                "PROBE_EXPECTED_SHARDS=abc: expected a shard count N or a range MIN..MAX (1 to 500)"
+            ]
         );
         let p = problems(&[("REDIS_ADDRESS", "a:1"), ("PROBE_INTERVAL", "5 parsecs")]);
         assert_eq!(
@@ -582,7 +627,7 @@ mod tests {
         let joined = p.join("\n");
         for needle in [
             "REDIS_ADDRESS is required",
-            "PROBE_EXPECTED_SHARDS=-1: expected an unsigned integer",
+            "PROBE_EXPECTED_SHARDS=-1: expected a shard count N or a range MIN..MAX (1 to 500)",
             "PROBE_JITTER=1.5: must be at least 0 and less than 1",
             "PROBE_ATTEMPTS=0: must be at least 1",
             "PROBE_ON_FAILURE=panic: expected unready or degraded",

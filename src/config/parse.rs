@@ -266,6 +266,39 @@ impl Parser for Unsigned {
     }
 }
 
+/// Shards the cluster should have: `N`, or `MIN..MAX` where shard auto scaling moves it
+/// between bounds (Terraform's `min_node_groups..max_node_groups`).
+pub struct ShardCount;
+impl Parser for ShardCount {
+    type Raw = Scalar;
+    type Out = super::ShardRange;
+    fn check(Scalar(s): Scalar) -> Result<super::ShardRange, Invalid> {
+        const WORDS: &str = "expected a shard count N or a range MIN..MAX (1 to 500)";
+        let one = |t: &str| -> Result<u32, Invalid> {
+            match t
+                .trim()
+                .strip_prefix('+')
+                .unwrap_or(t.trim())
+                .parse::<u32>()
+            {
+                Ok(n) if (1..=500).contains(&n) => Ok(n),
+                _ => Err(WORDS.into()),
+            }
+        };
+        let (min, max) = match s.split_once("..") {
+            Some((a, b)) => (one(a)?, one(b)?),
+            None => {
+                let n = one(&s)?;
+                (n, n)
+            }
+        };
+        if min > max {
+            return Err(format!("{WORDS}; {min} is above {max}").into());
+        }
+        Ok(super::ShardRange { min, max })
+    }
+}
+
 /// A count from 1 to `MAX`.
 pub struct Count<const MAX: u32 = 1000>;
 impl<const MAX: u32> Parser for Count<MAX> {

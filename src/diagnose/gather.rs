@@ -164,10 +164,10 @@ fn topology(
         f.add(Code::ClusterState, "CLUSTER INFO says cluster_state:fail");
     }
     if let Some(expected) = v.expected_shards
-        && expected as usize != v.live_shards
+        && !expected.contains(v.live_shards)
     {
         let message = format!(
-            "{} shards serve slots, {expected} are declared (PROBE_EXPECTED_SHARDS)",
+            "{} shards serve slots, {expected} are declared (PROBE_EXPECTED_SHARDS); with shard auto scaling, set it to the bounds MIN..MAX",
             v.live_shards
         );
         f.add(Code::ShardDrift, message);

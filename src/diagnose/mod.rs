@@ -119,7 +119,7 @@ pub struct TopologyView {
     pub slots_covered: u32,
     pub cluster_state_ok: Option<bool>,
     pub live_shards: usize,
-    pub expected_shards: Option<u32>,
+    pub expected_shards: Option<crate::config::ShardRange>,
 }
 
 #[derive(Debug, Serialize)]

@@ -58,7 +58,7 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Options {
     /// `PROBE_EXPECTED_SHARDS` is set.
-    pub expected_shards: Option<u32>,
+    pub expected_shards: Option<crate::config::ShardRange>,
     /// `/proc/net/tcp` exists, so the pod's connections can be counted.
     pub pool: bool,
     /// The pod's ceiling is known (`REDIS_POOL_SIZE` or `PROBE_POOL_MAX_CONNS`).

@@ -28,7 +28,8 @@ pub struct ServerViewMetrics {
     cluster_slots_fail: Gauge,
     cluster_known_nodes: Gauge,
     cluster_size: Gauge,
-    cluster_expected_shards: Gauge,
+    cluster_expected_shards_min: Gauge,
+    cluster_expected_shards_max: Gauge,
     info_failures: Family<ReasonLabel, Counter>,
     server_info: Family<NodeServerLabels, Gauge>,
     /// The `server_info` labels each node has now, to remove them when they change.
@@ -42,7 +43,10 @@ pub struct ServerViewMetrics {
 
 impl ServerViewMetrics {
     /// `expected_shards` (`PROBE_EXPECTED_SHARDS`) is exported only when set.
-    pub fn register(root: &mut Registry, expected_shards: Option<u32>) -> Self {
+    pub fn register(
+        root: &mut Registry,
+        expected_shards: Option<crate::config::ShardRange>,
+    ) -> Self {
         let m = ServerViewMetrics::default();
         let r = root.sub_registry_with_prefix("redis");
         r.register(
@@ -88,12 +92,18 @@ impl ServerViewMetrics {
             m.info_failures.clone(),
         );
         let r = root.sub_registry_with_prefix("redis");
-        if let Some(n) = expected_shards {
-            m.cluster_expected_shards.set(i64::from(n));
+        if let Some(range) = expected_shards {
+            m.cluster_expected_shards_min.set(i64::from(range.min));
+            m.cluster_expected_shards_max.set(i64::from(range.max));
             r.register(
-                "cluster_expected_shards",
-                "Shards the cluster should have (PROBE_EXPECTED_SHARDS)",
-                m.cluster_expected_shards.clone(),
+                "cluster_expected_shards_min",
+                "Fewest shards the cluster should have (PROBE_EXPECTED_SHARDS: N, or MIN of MIN..MAX)",
+                m.cluster_expected_shards_min.clone(),
+            );
+            r.register(
+                "cluster_expected_shards_max",
+                "Most shards the cluster should have (PROBE_EXPECTED_SHARDS: N, or MAX of MIN..MAX)",
+                m.cluster_expected_shards_max.clone(),
             );
         }
         m
