@@ -304,3 +304,63 @@ fn otlp_lint_findings_are_listed_by_check_config() {
         "{text}"
     );
 }
+
+/// `diagnose` reports the OTLP exporter the app is configured with, whether or not the
+/// sidecar's own collector check is on: the endpoint and protocol, one empty export tried, and
+/// the lint's findings (the incident's port/protocol mismatch) in the same section.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_reports_the_configured_otlp_exporter() {
+    let server = Cluster::launch(Options::standalone()).await;
+    let collector = stub(false).await;
+    let mut env = server.patient_env();
+    env.push((
+        "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+        format!("http://{}", collector.addr),
+    ));
+    env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()));
+    let (_, report) = tokio::task::spawn_blocking(move || {
+        support::run_binary(None, &env, &["diagnose", "--duration", "1s"])
+    })
+    .await
+    .unwrap();
+    let section = report
+        .split("== OTLP")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no OTLP section:\n{report}"));
+    assert!(
+        section.contains(&format!("http://{}", collector.addr))
+            && section.contains("(http/protobuf): one empty export accepted"),
+        "{report}"
+    );
+    assert!(!report.contains("no OTLP endpoint configured"), "{report}");
+    assert!(
+        collector
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("POST /v1/metrics")),
+        "{:?}",
+        collector.seen.lock().unwrap()
+    );
+
+    // The incident's setting: the gRPC port with the HTTP protocol.
+    let mut env = server.patient_env();
+    env.push((
+        "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+        "http://127.0.0.1:4317".into(),
+    ));
+    env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()));
+    let (code, report) = tokio::task::spawn_blocking(move || {
+        support::run_binary(None, &env, &["diagnose", "--duration", "1s"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{report}");
+    let section = report.split("== OTLP").nth(1).unwrap();
+    assert!(
+        section.contains("lint: ") && section.contains("4317"),
+        "{report}"
+    );
+    assert!(report.contains("otlp_setting"), "{report}");
+}

@@ -109,7 +109,8 @@ fn exported_names() -> BTreeSet<String> {
         cluster: Some(ClusterInfo::default()),
         ..Default::default()
     };
-    m.server_view.record_info(&report, 65000, &[]);
+    m.server_view
+        .record_info(&report, 65000, &Default::default());
     let ceiling = Ceiling {
         pod: 10,
         per_node: 10,

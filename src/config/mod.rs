@@ -279,6 +279,9 @@ pub struct ChecksConfig {
     pub upstream_failure_threshold: u32,
     /// The metrics exporter the app is configured with, when it has one and the check is on.
     pub otlp: Option<crate::otlp::Exporter>,
+    /// The metrics exporter the app is configured with, whether the check is on or not
+    /// (`diagnose` tries it once).
+    pub otlp_exporter: Option<crate::otlp::Exporter>,
     /// What the lint found in the OTEL variables (also in `warnings`).
     pub otlp_lints: Vec<crate::otlp::Lint>,
 }

@@ -246,7 +246,8 @@ fn checks(r: &mut Reader<'_>) -> Option<ChecksConfig> {
         upstream,
         upstream_timeout: upstream_timeout?,
         upstream_failure_threshold: upstream_failure_threshold?,
-        otlp: if otlp_check? { otlp } else { None },
+        otlp: if otlp_check? { otlp.clone() } else { None },
+        otlp_exporter: otlp,
         otlp_lints,
     })
 }

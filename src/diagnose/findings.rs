@@ -57,6 +57,9 @@ pub enum Code {
     ClusterState,
     /// The shards serving slots are not the ones declared (`PROBE_EXPECTED_SHARDS`).
     ShardDrift,
+    /// The nodes do not all run the same engine and version (a rolling upgrade in progress,
+    /// or one that stopped half way).
+    MixedVersions,
     /// The topology has more nodes than the sidecar follows (`PROBE_MAX_NODES`).
     TopologyTruncated,
     /// One node's PING is much slower than the others'.
@@ -83,7 +86,9 @@ impl Code {
         match self {
             Dns | PasswordFile | Auth | Permission | WrongServer | Tls | Unreachable
             | TlsUnverified | CertExpiring => Section::Reachability,
-            SlotsUncovered | ClusterState | ShardDrift | TopologyTruncated => Section::Topology,
+            SlotsUncovered | ClusterState | ShardDrift | TopologyTruncated | MixedVersions => {
+                Section::Topology
+            }
             SlowNode => Section::Latency,
             ClientsNearMax | CeilingAboveMaxclients | IdleAboveCut => Section::Connections,
             AttemptAboveProbeTimeout | ReadTimeoutTight => Section::Timeouts,
@@ -111,6 +116,7 @@ impl Code {
             ClientsNearMax => "clients_near_max",
             CeilingAboveMaxclients => "ceiling_above_maxclients",
             IdleAboveCut => "idle_above_cut",
+            MixedVersions => "mixed_versions",
             AttemptAboveProbeTimeout => "attempt_above_probe_timeout",
             ReadTimeoutTight => "read_timeout_tight",
             OtlpSetting => "otlp_setting",

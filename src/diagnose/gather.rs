@@ -251,6 +251,7 @@ async fn connections(
         .map(AppConnections::from)
         .collect();
     let cuts = idle_cuts(config.listen.port()).await;
+    mixed_versions(&info.nodes, f);
     for n in &info.nodes {
         let node = n.addr.to_string();
         let maxclients = n.info.maxclients.unwrap_or(config.observe.maxclients);
@@ -296,6 +297,26 @@ async fn connections(
         }
     }
     c
+}
+
+/// One finding when the nodes that answered INFO do not all run the same engine and version,
+/// counting each.
+fn mixed_versions(nodes: &[crate::probe::NodeView], f: &mut Findings) {
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for n in nodes {
+        let id = &n.info.identity;
+        if let (Some(engine), Some(version)) = (id.engine, &id.version) {
+            *runs.entry(format!("{engine} {version}")).or_default() += 1;
+        }
+    }
+    if runs.len() > 1 {
+        let each: Vec<String> = runs.iter().map(|(v, n)| format!("{n} on {v}")).collect();
+        let message = format!(
+            "the nodes run different versions: {} (a rolling upgrade in progress, or one that stopped half way)",
+            each.join(", ")
+        );
+        f.add(Code::MixedVersions, message);
+    }
 }
 
 /// The idle cuts the sidecar running in this pod has learned (`redis_idle_cut_seconds` on its
@@ -409,14 +430,16 @@ fn timeouts(
     }
 }
 
-/// The OTEL variables' lint, and one empty export to the configured collector.
+/// The OTEL variables' lint, and one empty export to the configured collector: a one-shot
+/// run makes that one connection whether or not the sidecar's own collector check is on
+/// (`PROBE_OTLP_CHECK`).
 async fn otlp(config: &Config, f: &mut Findings) -> OtlpView {
     let mut v = OtlpView::default();
     for lint in &config.checks.otlp_lints {
         f.add(Code::OtlpSetting, lint.to_string());
         v.lint.push(lint.to_string());
     }
-    let Some(e) = &config.checks.otlp else {
+    let Some(e) = &config.checks.otlp_exporter else {
         return v;
     };
     v.endpoint = Some(e.shown_url());

@@ -171,10 +171,18 @@ fn write_otlp(o: &mut String, v: &OtlpView) -> fmt::Result {
     writeln!(o, "\n== OTLP")?;
     let protocol = v.protocol.unwrap_or("");
     match (&v.endpoint, &v.reachable) {
-        (Some(e), Some(Ok(()))) => writeln!(o, "  {e} ({protocol}) reachable"),
-        (Some(e), Some(Err(why))) => writeln!(o, "  {e} ({protocol}) NOT reachable: {why}"),
-        _ => writeln!(o, "  no OTLP endpoint configured"),
+        (Some(e), Some(Ok(()))) => writeln!(o, "  {e} ({protocol}): one empty export accepted")?,
+        (Some(e), Some(Err(why))) => {
+            writeln!(o, "  {e} ({protocol}): one empty export failed: {why}")?
+        }
+        (Some(e), None) => writeln!(o, "  {e} ({protocol})")?,
+        (None, _) if v.lint.is_empty() => writeln!(o, "  no OTLP endpoint configured")?,
+        (None, _) => writeln!(o, "  no usable OTLP endpoint")?,
     }
+    for lint in &v.lint {
+        writeln!(o, "  lint: {lint}")?;
+    }
+    Ok(())
 }
 
 fn write_sidecar(o: &mut String, r: &Report) -> fmt::Result {

@@ -23,6 +23,8 @@ pub struct Changes {
     node_ok: HashMap<String, bool>,
     /// Each node's identity at the last INFO read, and when it was read.
     identities: HashMap<String, (Identity, Instant)>,
+    /// Restarts seen per node, kept while a node is out of a view for a while.
+    restarts: HashMap<String, u64>,
     events: Option<EventLog>,
 }
 
@@ -66,10 +68,9 @@ impl Changes {
     }
 
     /// An INFO read: nodes that restarted or changed engine or version since the last one.
-    /// Returns the nodes that restarted.
-    pub fn on_info(&mut self, report: &InfoReport) -> Vec<String> {
+    /// Returns the restarts seen so far per node.
+    pub fn on_info(&mut self, report: &InfoReport) -> &HashMap<String, u64> {
         let now = Instant::now();
-        let mut restarted = vec![];
         for n in &report.nodes {
             let addr = n.addr.to_string();
             let id = n.info.identity.clone();
@@ -77,7 +78,7 @@ impl Changes {
                 if disconnect::restarted(before, &id, now - *at) {
                     tracing::info!(node = %addr, "node restarted");
                     self.event(Kind::NodeRestarted, &addr, "");
-                    restarted.push(addr.clone());
+                    *self.restarts.entry(addr.clone()).or_default() += 1;
                 }
                 if (before.engine, &before.version) != (id.engine, &id.version)
                     && id.version.is_some()
@@ -93,11 +94,13 @@ impl Changes {
             }
             self.identities.insert(addr, (id, now));
         }
-        let known: Vec<String> = self.last_nodes.iter().map(|n| n.addr.clone()).collect();
-        if !known.is_empty() {
-            self.identities.retain(|a, _| known.contains(a));
+        // Kept across a node's absence from a view (a node that is out of the topology for a
+        // while and back is still compared); bounded by the nodes ever followed.
+        if self.identities.len() > 40_000 {
+            self.identities.clear();
+            self.restarts.clear();
         }
-        restarted
+        &self.restarts
     }
 
     /// One line when the check's failure reason changes; one when a node joins, leaves, changes

@@ -189,10 +189,10 @@ impl<P: Probe, J: Jitter + Clone> HealthLoop<P, J> {
         if let Ok(Some(report)) =
             tokio::time::timeout_at(deadline + ATTEMPT_GUARD, self.probe.info(deadline)).await
         {
-            let restarted = self.changes.on_info(&report);
+            let restarts = self.changes.on_info(&report);
             self.metrics
                 .server_view
-                .record_info(&report, maxclients, &restarted);
+                .record_info(&report, maxclients, restarts);
             self.metrics.health.record_cost(report.cost);
             let errors = u64::from(report.parse_errors);
             self.metrics.record_parse_errors(ParseSource::Info, errors);

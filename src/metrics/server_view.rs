@@ -153,8 +153,13 @@ impl ServerViewMetrics {
     }
 
     /// INFO and CLUSTER INFO were read; nodes that did not answer keep no series.
-    /// `restarted` are the nodes seen to have restarted since the last read.
-    pub fn record_info(&self, report: &InfoReport, maxclients_fallback: u64, restarted: &[String]) {
+    /// `restarts` are the restarts seen so far per node.
+    pub fn record_info(
+        &self,
+        report: &InfoReport,
+        maxclients_fallback: u64,
+        restarts: &HashMap<String, u64>,
+    ) {
         let mut server_labels = self.server_labels.lock().unwrap_or_else(|e| e.into_inner());
         self.nodes
             .replace(report.nodes.iter().map(|n| n.addr.to_string()), |l| {
@@ -195,10 +200,11 @@ impl ServerViewMetrics {
             if let Some(u) = id.uptime_seconds {
                 self.uptime.get_or_create(&node).set(u as i64);
             }
-            let restarts = self.restarts.get_or_create(&node);
-            if restarted.contains(&node.node) {
-                restarts.inc();
-            }
+            let seen = restarts.get(&node.node).copied().unwrap_or(0);
+            self.restarts
+                .get_or_create(&node)
+                .inner()
+                .store(seen, Ordering::Relaxed);
             if let Some(v) = info.connected_clients {
                 self.connected_clients.get_or_create(&node).set(v as i64);
             }

@@ -521,6 +521,22 @@ impl RedisProbe {
             return Ok((Some(t), None));
         };
         let cluster_info = info::ClusterInfo::parse(&cluster_info);
+        // A node whose topology reply covers fewer slots than its own CLUSTER INFO says are
+        // assigned does not see the shards whole: a Valkey node among Redis 7.0 nodes (which
+        // send no shard id) lists each of them in a shard of its own, without slots. Another
+        // node's view is taken instead.
+        let covered: u64 = t.shards.iter().map(|s| u64::from(s.slots)).sum();
+        if let Some(assigned) = cluster_info.0.slots_assigned
+            && covered < assigned
+            && self.dropped_nodes == 0
+        {
+            return Err(Fault {
+                reason: Reason::Other,
+                detail: format!(
+                    "{addr}: its topology covers {covered} of the {assigned} slots assigned"
+                ),
+            });
+        }
         let failure = (cluster_info.0.state_ok == Some(false)).then(|| Fault {
             reason: Reason::ClusterDown,
             detail: format!("{addr} reports cluster_state:fail"),

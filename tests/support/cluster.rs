@@ -24,6 +24,8 @@ pub struct Node {
     pub public_port: u16,
     pub bus_port: u16,
     pub dir: PathBuf,
+    /// The server binary this node runs when not the deployment's (a rolling upgrade).
+    pub server: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -257,6 +259,7 @@ impl Cluster {
                 public_port,
                 bus_port,
                 dir: node_dir,
+                server: None,
                 child: None,
             });
             c.write_conf(i, opts.cluster);
@@ -389,13 +392,47 @@ impl Cluster {
     /// Starts (or restarts) node `i` with its existing config and cluster state.
     pub fn start_node(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {i} is already running");
-        let mut cmd = self.in_netns(&self.redis_server);
+        let server = self.nodes[i]
+            .server
+            .clone()
+            .unwrap_or(self.redis_server.clone());
+        let mut cmd = self.in_netns(&server);
         cmd.arg(self.nodes[i].dir.join("redis.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         die_with_parent(&mut cmd);
         self.nodes[i].child = Some(spawn_from_lasting_thread(cmd).expect("starting redis-server"));
+    }
+
+    /// A new empty cluster node (no slots, not met), running: for `--cluster add-node`.
+    pub fn spawn_extra(&mut self) -> usize {
+        assert!(
+            self.engine.has_cluster_port(),
+            "extra nodes need a cluster-port engine"
+        );
+        let ports = free_ports(2);
+        let i = self.nodes.len();
+        let dir = self.dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        self.nodes.push(Node {
+            host: self.nodes[0].host,
+            port: ports[0],
+            public_port: ports[0],
+            bus_port: ports[1],
+            dir,
+            server: None,
+            child: None,
+        });
+        self.write_conf(i, true);
+        self.start_node(i);
+        self.wait_pong(i);
+        i
+    }
+
+    /// The node id of node `i` (`CLUSTER MYID`).
+    pub fn node_id(&self, i: usize) -> String {
+        self.cli(i, &["CLUSTER", "MYID"]).trim().to_string()
     }
 
     /// Kills every node: a full outage.
@@ -451,6 +488,16 @@ impl Cluster {
 
     pub fn cli_output(&self, i: usize, args: &[&str]) -> std::process::Output {
         run_with_timeout(self.cli_command(i, args), Duration::from_secs(10))
+    }
+
+    /// As [`Cluster::cli_output`], for long runs (`--cluster reshard`): at most `limit`.
+    pub fn cli_output_within(
+        &self,
+        i: usize,
+        args: &[&str],
+        limit: Duration,
+    ) -> std::process::Output {
+        run_with_timeout(self.cli_command(i, args), limit)
     }
 
     /// The `redis-cli` command line for node `i` (TLS, password), for callers that stream its

@@ -21,6 +21,9 @@ pub enum Fault {
     /// Node `i` is stopped (SIGTERM) and started again: a restart in place, as a replaced or
     /// upgraded node comes back.
     Restart(usize),
+    /// Node `i` is stopped and started again on `engine`, with the same configuration and
+    /// cluster state: one step of a rolling engine upgrade.
+    RestartOn(usize, super::Engine),
     /// Every node stops at once: a full outage.
     KillAll,
     /// Every node starts again; waits until the cluster is healthy.
@@ -78,6 +81,12 @@ impl Fault {
             }
             Fault::Restart(i) => {
                 c.stop_node(*i);
+                c.start_node(*i);
+                c.wait_pong(*i);
+            }
+            Fault::RestartOn(i, engine) => {
+                c.stop_node(*i);
+                c.nodes[*i].server = Some(engine.binaries().0);
                 c.start_node(*i);
                 c.wait_pong(*i);
             }
