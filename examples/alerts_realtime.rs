@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use support::prometheus::{Alert, Prometheus, Target};
-use support::{Cluster, Options, Sidecar};
+use support::{Cluster, Fault, Options, Sidecar};
 
 const JOB: &str = "redis-probe";
 const STEP: u64 = 15;
@@ -111,37 +111,34 @@ async fn main() {
 
     // Healthy, then transient faults 2 minutes apart.
     watch(&mut timeline, 120).await;
+    // The same faults tests/prometheus.rs makes, from the harness's vocabulary.
+    let apply =
+        |cluster: &mut Cluster, f: Fault| tokio::task::block_in_place(|| f.apply(cluster, None));
     marks.push(("planned failover".into(), now(start)));
-    let p = cluster.primaries()[0];
-    let r = cluster.replica_of(p);
-    cluster.cli(r, &["CLUSTER", "FAILOVER"]);
+    apply(&mut cluster, Fault::PlannedFailover);
     watch(&mut timeline, 240).await;
     marks.push(("primary killed".into(), now(start)));
     let p = cluster.primaries()[0];
-    cluster.kill_node(p);
+    apply(&mut cluster, Fault::Kill(p));
     watch(&mut timeline, 300).await;
-    tokio::task::block_in_place(|| {
-        cluster.start_node(p);
-        cluster.wait_healthy(Duration::from_secs(60));
-    });
+    apply(&mut cluster, Fault::Start(p));
+    tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(60)));
     watch(&mut timeline, 360).await;
     marks.push(("every connection killed".into(), now(start)));
-    for i in 0..cluster.nodes.len() {
-        cluster.cli(i, &["CLIENT", "KILL", "TYPE", "normal"]);
-    }
+    apply(&mut cluster, Fault::ClientKill(None));
     watch(&mut timeline, 480).await;
     let transient_end = now(start);
     let quiet: Vec<String> = timeline.seen.keys().cloned().collect();
 
     marks.push(("full outage".into(), now(start)));
     let outage_at = now(start);
-    cluster.kill_all();
+    apply(&mut cluster, Fault::KillAll);
     watch(&mut timeline, outage_at + outage_minutes * 60).await;
     let outage_end = now(start);
     let firing_at_end = prom.alerts().await;
     marks.push(("recovery".into(), now(start)));
     let recovery_at = now(start);
-    tokio::task::block_in_place(|| cluster.restart_all(Duration::from_secs(120)));
+    apply(&mut cluster, Fault::RestartAll);
     watch(&mut timeline, recovery_at + 11 * 60).await;
     let end = now(start);
 

@@ -96,7 +96,7 @@ async fn main() {
         proxied: true,
         ..support::Options::default()
     };
-    let cluster = support::Cluster::launch(opts).await;
+    let mut cluster = support::Cluster::launch(opts).await;
     let mut env = cluster.connection_env();
     env.push(("PROBE_LISTEN".into(), "127.0.0.1:0".into()));
     let sidecar = Arc::new(support::Sidecar::start(support::config(&env)).await);
@@ -138,7 +138,8 @@ async fn main() {
     while p.1.elapsed() < Duration::from_secs(reset_secs) {
         let pause = Duration::from_millis(2000 + (rand::random::<u64>() % 6000));
         tokio::time::sleep(pause).await;
-        cluster.proxies[rand::random::<u64>() as usize % cluster.proxies.len()].reset_all();
+        let node = rand::random::<u64>() as usize % cluster.proxies.len();
+        support::Fault::ResetNode(node).apply(&mut cluster, None);
         resets += 1;
     }
     phases.push(finish(p, counters(&sidecar).await, &logs));
@@ -147,15 +148,14 @@ async fn main() {
     println!("phase 2: unplanned failover");
     let p = begin("unplanned failover", counters(&sidecar).await);
     let primary = cluster.primaries()[0];
-    let mut cluster = cluster;
-    cluster.kill_node(primary);
+    support::Fault::Kill(primary).apply(&mut cluster, None);
     let killed = Instant::now();
     let cluster = tokio::task::spawn_blocking(move || {
         cluster.wait_for(Duration::from_secs(60), "the cluster recovers", |c| {
             c.running_nodes_ok() && c.primaries().len() == 3
         });
         let promoted = killed.elapsed();
-        cluster.start_node(primary);
+        support::Fault::Start(primary).apply(&mut cluster, None);
         cluster.wait_healthy(Duration::from_secs(120));
         (cluster, promoted)
     });
@@ -167,12 +167,12 @@ async fn main() {
     println!("phase 3: full outage for 30 s");
     let p = begin("30 s full outage", counters(&sidecar).await);
     let mut cluster = cluster;
-    cluster.kill_all();
+    support::Fault::KillAll.apply(&mut cluster, None);
     let outage = Instant::now();
     let detected = sidecar.wait_status("/readyz", 503, WAIT_LIMIT).await.0;
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
     let cluster = tokio::task::spawn_blocking(move || {
-        cluster.restart_all(Duration::from_secs(120));
+        support::Fault::RestartAll.apply(&mut cluster, None);
         cluster
     })
     .await

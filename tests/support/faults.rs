@@ -40,6 +40,8 @@ pub enum Fault {
     /// Every connection through the proxies is forgotten; each is reset when its client next
     /// sends. Needs a proxied deployment.
     ResetAll,
+    /// As `ResetAll`, for node `i`'s proxy only.
+    ResetNode(usize),
     /// The proxies reset every new connection (or accept again).
     Refuse(bool),
     /// A command the admin runs on node `i`, or on every running node; must not answer an
@@ -115,6 +117,10 @@ impl Fault {
             Fault::ResetAll => {
                 assert!(!c.proxies.is_empty(), "{self:?} needs `proxied: true`");
                 c.proxies.iter().for_each(|p| p.reset_all());
+            }
+            Fault::ResetNode(i) => {
+                assert!(!c.proxies.is_empty(), "{self:?} needs `proxied: true`");
+                c.proxies[*i].reset_all();
             }
             Fault::Refuse(on) => {
                 assert!(!c.proxies.is_empty(), "{self:?} needs `proxied: true`");
