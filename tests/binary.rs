@@ -230,6 +230,9 @@ fn wrong_password_logs_then_sigterm_exits_cleanly() {
     env.push(("PROBE_LISTEN".into(), listen.clone()));
     env.push(("PROBE_LOG_LEVEL".into(), "debug".into()));
     env.extend(support::fast_timings());
+    // The default attempt and socket timeouts: a dial that times out on a loaded machine
+    // would add a warning line of its own.
+    env.extend(support::patient_timeouts());
     let mut child = support::binary_command(None, env)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -270,12 +273,13 @@ fn wrong_password_logs_then_sigterm_exits_cleanly() {
             break s;
         }
         assert!(
-            stopped.elapsed() < Duration::from_secs(5),
-            "still running 5 s after SIGTERM"
+            stopped.elapsed() < Duration::from_secs(20),
+            "still running 20 s after SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+    println!("exit {:?} after SIGTERM", stopped.elapsed());
     let out = child.wait_with_output().unwrap();
     let logs =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
@@ -419,12 +423,15 @@ async fn listens_on_ipv4_and_ipv6_and_stops_on_sigterm() {
         assert_eq!((status, body.as_str()), (200, "ok\n"), "{addr}");
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(6);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "still running 6 s after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "still running 20 s after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status:?}");

@@ -51,7 +51,7 @@ async fn connection_reset_by_peer() {
         }
     };
     let (_, polls) = tokio::join!(resets, stays_ready(&sidecar, Duration::from_secs(10)));
-    assert!(polls > 100);
+    assert!(polls > 10, "readiness hardly polled: {polls}");
     let m = sidecar.metrics().await;
     let absorbed = sample(
         &m,
@@ -473,7 +473,7 @@ async fn full_outage_logs_each_change_once() {
     // Open duration max (2 s) + one check is ~3 s; the slack lets a loaded machine lose a
     // trial or two to slow TLS dials.
     sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(10))
+        .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
     let logs = sidecar.logs();
     let outage = &logs[logged_before..];
