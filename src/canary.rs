@@ -120,9 +120,8 @@ pub async fn watch(
     events: EventLog,
     max_idle: Duration,
 ) {
-    for cause in Cause::ALL {
-        metrics.declare_disconnect("canary", cause.as_str());
-    }
+    let causes: Vec<&'static str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+    events.declare_disconnects("canary", &causes);
     let connector = Arc::new(connector);
     let mut canaries: HashMap<HostPort, JoinHandle<()>> = HashMap::new();
     loop {
@@ -230,9 +229,7 @@ impl Canary {
                 next = Some(c);
             }
             let cause = disconnect::decide(&seen, age);
-            self.metrics.record_disconnect("canary", cause.as_str());
-            self.events
-                .push(Kind::Disconnect, Some(&self.node), cause.as_str());
+            self.events.disconnect("canary", &self.node, cause.as_str());
             match cause.idle_cut_by() {
                 Some(by) => {
                     self.metrics.canary.record(&self.node, "cut");

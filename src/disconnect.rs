@@ -115,6 +115,25 @@ pub fn decide(seen: &Seen, idle: Duration) -> Cause {
     }
 }
 
+/// Why the health loop's own connection to a node was lost, decided from what followed it:
+/// the node restarted (seen at the next INFO read), changed role or left (seen at the next
+/// checks), or the canary lost its connection to the node in the same window (every client
+/// dropped). `None` while nothing has told yet.
+pub fn health_cause(events_since: &[Kind], canary_lost_too: bool) -> Option<Cause> {
+    let has = |k: Kind| events_since.contains(&k);
+    if has(Kind::NodeLeft) {
+        Some(Cause::NodeLeft)
+    } else if has(Kind::NodeRestarted) {
+        Some(Cause::NodeRestarted)
+    } else if has(Kind::RoleChanged) {
+        Some(Cause::Failover)
+    } else if canary_lost_too {
+        Some(Cause::AllClientsDropped)
+    } else {
+        None
+    }
+}
+
 /// The node restarted between two reads `elapsed` apart: another `run_id`, or an uptime that
 /// went back (a second of slack for the clock the server counts in).
 pub fn restarted(before: &Identity, after: &Identity, elapsed: Duration) -> bool {
@@ -187,6 +206,24 @@ mod tests {
         s.reached_again = false;
         s.after = None;
         assert_eq!(decide(&s, IDLE), Cause::Unknown);
+    }
+
+    #[test]
+    fn the_health_loops_losses_wait_for_what_explains_them() {
+        assert_eq!(health_cause(&[], false), None);
+        assert_eq!(health_cause(&[], true), Some(Cause::AllClientsDropped));
+        assert_eq!(
+            health_cause(&[Kind::ConnectionLost, Kind::NodeRestarted], true),
+            Some(Cause::NodeRestarted)
+        );
+        assert_eq!(
+            health_cause(&[Kind::RoleChanged], false),
+            Some(Cause::Failover)
+        );
+        assert_eq!(
+            health_cause(&[Kind::NodeLeft], false),
+            Some(Cause::NodeLeft)
+        );
     }
 
     #[test]

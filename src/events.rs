@@ -36,12 +36,15 @@ pub enum Kind {
     /// The canary learned an idle cut (or one that no longer happens).
     IdleCut,
     IdleCutCleared,
-    /// The canary's connection was lost and the cause decided (the cause in `detail`).
+    /// A connection of the sidecar's was lost and the cause decided (`detail`: which
+    /// connection, `health` or `canary`, and the cause).
     Disconnect,
+    /// A node's `rejected_connections` rose (maxclients reached; the count in `detail`).
+    ClientsRejected,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::NodeJoined,
         Kind::NodeLeft,
         Kind::RoleChanged,
@@ -55,6 +58,7 @@ impl Kind {
         Kind::IdleCut,
         Kind::IdleCutCleared,
         Kind::Disconnect,
+        Kind::ClientsRejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Kind {
             Kind::IdleCut => "idle_cut",
             Kind::IdleCutCleared => "idle_cut_cleared",
             Kind::Disconnect => "disconnect",
+            Kind::ClientsRejected => "clients_rejected",
         }
     }
 }
@@ -140,6 +145,20 @@ impl EventLog {
             events.pop_front();
         }
         events.push_back(e);
+    }
+
+    /// The `conn` connection (`health`, `canary`) to `node` was lost for `cause`: an event and
+    /// a count.
+    pub fn disconnect(&self, conn: &'static str, node: &str, cause: &'static str) {
+        self.metrics.record_disconnect(conn, cause);
+        self.push(Kind::Disconnect, Some(node), format!("{conn} {cause}"));
+    }
+
+    /// Creates the disconnect series of `conn` at 0, one per cause.
+    pub fn declare_disconnects(&self, conn: &'static str, causes: &[&'static str]) {
+        for cause in causes {
+            self.metrics.declare_disconnect(conn, cause);
+        }
     }
 
     /// Every event kept, oldest first.

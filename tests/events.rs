@@ -89,6 +89,13 @@ async fn server_events_are_not_idle_cuts() {
     sidecar
         .wait_metric(&restarts, |v| v >= 1.0, Duration::from_secs(30))
         .await;
+    // The health loop's own connections lost to the two events are put down to them too.
+    for cause in ["node_restarted", "all_clients_dropped"] {
+        let series = format!("redis_probe_disconnects_total{{conn=\"health\",cause=\"{cause}\"}}");
+        sidecar
+            .wait_metric(&series, |v| v >= 1.0, Duration::from_secs(90))
+            .await;
+    }
     let (status, log) = sidecar.get("/events").await;
     assert_eq!(status, 200);
     let events: Vec<serde_json::Value> = log
@@ -184,5 +191,50 @@ async fn valkey_reports_its_own_version() {
         .wait_metric(&series, |v| v == 1.0, Duration::from_secs(30))
         .await;
     assert!(!sidecar.metrics().await.contains("version=\"7.2.4\""));
+    sidecar.stop().await;
+}
+
+/// maxclients reached on a TLS node: new connections are dropped before the handshake (a client
+/// sees "tls handshake eof"), the node's `rejected_connections` rises, and the sidecar says so
+/// with a `clients_rejected` event and a log line naming maxclients, read over the connection it
+/// already holds; the pod stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maxclients_reached_is_named() {
+    let cluster = Cluster::launch(Options::default()).await;
+    let env = with_vars(cluster.patient_env(), &[("PROBE_INFO_INTERVAL", "1s")]);
+    let sidecar = Sidecar::spawn(&env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let full = cluster.replica_of(cluster.primaries()[0]);
+    let node = cluster.nodes[full].addr();
+    sidecar
+        .wait_metric(
+            &format!("redis_rejected_connections_total{{node=\"{node}\"}}"),
+            |v| v == 0.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    // The sidecar's connection and this one: room for nobody else once this one closes.
+    let out = cluster.cli(full, &["CONFIG", "SET", "maxclients", "1"]);
+    assert!(out.contains("OK"), "{out}");
+    support::eventually(Duration::from_secs(30), "a connection rejected", || {
+        let rejected = !cluster.cli(full, &["PING"]).contains("PONG");
+        std::future::ready(support::holds(rejected, String::new))
+    })
+    .await;
+    sidecar
+        .wait_log(
+            "the node rejected connections (maxclients)",
+            Duration::from_secs(30),
+        )
+        .await;
+    let (_, log) = sidecar.get("/events").await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"clients_rejected\"") && l.contains(&node)),
+        "{log}"
+    );
+    assert_eq!(sidecar.get("/readyz").await.0, 200);
     sidecar.stop().await;
 }

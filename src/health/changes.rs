@@ -13,6 +13,9 @@ use crate::events::{EventLog, Kind};
 use crate::probe::info::Identity;
 use crate::probe::{CheckReport, InfoReport, Reason};
 
+/// How long a lost connection of the loop's may wait for an event to explain it.
+pub const EXPLAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What was last seen, to tell changes from repetitions.
 #[derive(Default)]
 pub struct Changes {
@@ -25,15 +28,49 @@ pub struct Changes {
     identities: HashMap<String, (Identity, Instant)>,
     /// Restarts seen per node, kept while a node is out of a view for a while.
     restarts: HashMap<String, u64>,
+    /// `rejected_connections` per node at the last INFO read.
+    rejected: HashMap<String, u64>,
+    /// The loop's own connections lost and not yet explained, and when.
+    lost: HashMap<String, Instant>,
     events: Option<EventLog>,
 }
 
 impl Changes {
     pub fn new(events: Option<EventLog>) -> Changes {
+        if let Some(e) = &events {
+            let causes: Vec<&'static str> =
+                disconnect::Cause::ALL.iter().map(|c| c.as_str()).collect();
+            e.declare_disconnects("health", &causes);
+        }
         Changes {
             events,
             ..Changes::default()
         }
+    }
+
+    /// Puts down each lost connection of the loop's to what followed it (a restart, a role
+    /// change, the node leaving, the canary's connection lost too); one not explained within
+    /// [`EXPLAIN_WITHIN`] is `unknown` (the path, or the server closing it).
+    fn explain_losses(&mut self) {
+        let Some(e) = &self.events else {
+            self.lost.clear();
+            return;
+        };
+        let now = Instant::now();
+        self.lost.retain(|node, at| {
+            let since = e.about_since(node, *at);
+            let kinds: Vec<Kind> = since.iter().map(|ev| ev.kind).collect();
+            let canary_lost_too = since
+                .iter()
+                .any(|ev| ev.kind == Kind::Disconnect && ev.detail.starts_with("canary "));
+            let cause = match disconnect::health_cause(&kinds, canary_lost_too) {
+                Some(c) => c,
+                None if now - *at >= EXPLAIN_WITHIN => disconnect::Cause::Unknown,
+                None => return true,
+            };
+            e.disconnect("health", node, cause.as_str());
+            false
+        });
     }
 
     fn event(&self, kind: Kind, node: &str, detail: impl Into<String>) {
@@ -49,6 +86,7 @@ impl Changes {
             let was_ok = self.node_ok.insert(addr.clone(), n.result.is_ok());
             if let (Err(r), Some(true)) = (n.result, was_ok) {
                 self.event(Kind::ConnectionLost, &addr, r.as_str());
+                self.lost.entry(addr).or_insert_with(Instant::now);
             }
         }
     }
@@ -92,8 +130,18 @@ impl Changes {
                     self.event(Kind::VersionChanged, &addr, to);
                 }
             }
+            if let Some(r) = n.info.rejected_connections {
+                let before = self.rejected.insert(addr.clone(), r);
+                if let Some(b) = before
+                    && r > b
+                {
+                    tracing::warn!(node = %addr, rejected = r - b, "the node rejected connections (maxclients)");
+                    self.event(Kind::ClientsRejected, &addr, format!("+{}", r - b));
+                }
+            }
             self.identities.insert(addr, (id, now));
         }
+        self.explain_losses();
         // Kept across a node's absence from a view (a node that is out of the topology for a
         // while and back is still compared); bounded by the nodes ever followed.
         if self.identities.len() > 40_000 {
@@ -106,6 +154,11 @@ impl Changes {
     /// One line when the check's failure reason changes; one when a node joins, leaves, changes
     /// role, stays down for two checks, or answers again after that.
     pub fn on_check(&mut self, report: &CheckReport, consecutive_failures: u32) {
+        self.log_check(report, consecutive_failures);
+        self.explain_losses();
+    }
+
+    fn log_check(&mut self, report: &CheckReport, consecutive_failures: u32) {
         let reason = report.result.err();
         if reason != self.last_logged {
             let failing_node = report
