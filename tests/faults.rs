@@ -262,6 +262,21 @@ async fn unplanned_failover_does_not_flip() {
         None,
         "stale series kept:\n{m}"
     );
+    // The old primary, dead, stays in the topology as a failed primary while no slot fails:
+    // what RedisFailedPrimaryNotForgotten fires on.
+    let old = cluster.nodes[primary].addr();
+    let m = support::eventually(
+        Duration::from_secs(30),
+        "the old primary listed down",
+        || async {
+            let m = sidecar.metrics().await;
+            let listed = sample(&m, &format!("redis_node_up{{node=\"{old}\"}}")) == Some(0.0)
+                && sample(&m, &role_series(&cluster, primary, "primary")) == Some(1.0);
+            support::holds(listed, || m.clone()).map(|_| m)
+        },
+    )
+    .await;
+    assert_eq!(sample(&m, "redis_cluster_slots_fail"), Some(0.0), "{m}");
     sidecar.stop().await;
 }
 

@@ -213,3 +213,33 @@ fn rules_and_dashboard_use_only_exported_metrics() {
         }
     }
 }
+
+/// Every alert has a firing and a silent case in the promtool tests (the README says so), so a
+/// new alert without both fails here.
+#[test]
+fn every_alert_has_a_firing_and_a_silent_case() {
+    let rules = std::fs::read_to_string(Path::new(DIR).join("redis-probe.rules.yaml")).unwrap();
+    let tests =
+        std::fs::read_to_string(Path::new(DIR).join("redis-probe.rules.test.yaml")).unwrap();
+    let lines: Vec<&str> = tests.lines().map(str::trim).collect();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 16, "{alerts:?}");
+    for alert in alerts {
+        let cases: Vec<&str> = lines
+            .windows(2)
+            .filter(|w| w[0] == format!("alertname: {alert}"))
+            .map(|w| w[1])
+            .collect();
+        assert!(
+            cases.contains(&"exp_alerts: []"),
+            "{alert}: no silent case in the promtool tests"
+        );
+        assert!(
+            cases.contains(&"exp_alerts:"),
+            "{alert}: no firing case in the promtool tests"
+        );
+    }
+}
