@@ -405,3 +405,58 @@ fn error_replies(cluster: &Cluster, i: usize) -> u64 {
         .find_map(|l| l.trim().strip_prefix("total_error_replies:")?.parse().ok())
         .unwrap_or_else(|| panic!("node {i}: no total_error_replies:\n{stats}"))
 }
+
+/// ElastiCache Serverless, as far as a stand-in goes: one shard of all 16384 slots, its primary
+/// and its replica on one host name (`localhost`, which resolves to two loopback addresses, the
+/// first of which no node listens on), TLS through the system trust store. The sidecar is
+/// ready; `diagnose` says the shard counts and the per-node ceiling do not apply instead of
+/// finding drift or a ceiling above maxclients; without `REDIS_USERNAME` a warning says
+/// Serverless takes RBAC users only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serverless_stand_in() {
+    let cluster = Cluster::launch(Options {
+        shards: 1,
+        ..Options::elasticache()
+    })
+    .await;
+    let env = with_vars(cluster.patient_env(), &[("PROBE_EXPECTED_SHARDS", "3")]);
+    let sidecar = Sidecar::spawn(&env).await;
+    ready(&sidecar).await;
+    let m = sidecar
+        .wait_metric(
+            "redis_probe_connections",
+            |v| v == 2.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(m, 2.0);
+    assert!(
+        !sidecar.logs().contains("RBAC users only"),
+        "{}",
+        sidecar.logs()
+    );
+    sidecar.stop().await;
+
+    let diag = with_vars(env.clone(), &[("REDIS_POOL_SIZE", "1000")]);
+    let (code, report) = support::run_binary(
+        None,
+        &diag,
+        &["diagnose", "--duration", "1s", "--replicas", "72"],
+    );
+    assert!(report.contains("one virtual shard"), "{report}");
+    for code in ["shard_drift", "ceiling_above_maxclients"] {
+        assert!(!report.contains(code), "{code}:\n{report}");
+    }
+    assert_eq!(code, 0, "{report}");
+
+    // The admin password alone, no user: the warning.
+    let mut no_user = env.clone();
+    no_user.retain(|(k, _)| k != "REDIS_USERNAME" && k != "REDIS_PASSWORD");
+    no_user.push(("REDIS_PASSWORD".into(), cluster.password.clone()));
+    let sidecar = Sidecar::spawn(&no_user).await;
+    ready(&sidecar).await;
+    sidecar
+        .wait_log("RBAC users only", Duration::from_secs(30))
+        .await;
+    sidecar.stop().await;
+}

@@ -47,7 +47,16 @@ pub(super) async fn report(config: &Config, opts: &Options) -> Report {
                 f.add(Code::TopologyTruncated, message);
             }
             r.latency = latency(&mut probe, &first, opts.duration, attempt, &mut f).await;
-            r.connections = connections(config, opts, &info, &r.reachability.nodes, &mut f).await;
+            let virtual_shard = r.topology.one_virtual_shard;
+            r.connections = connections(
+                config,
+                opts,
+                &info,
+                &r.reachability.nodes,
+                virtual_shard,
+                &mut f,
+            )
+            .await;
             r.timeouts = timeouts(config, opts, &r.latency, &mut f);
             r.otlp = otlp(config, &mut f).await;
             r.sidecar = sidecar_timing(config);
@@ -153,6 +162,7 @@ fn topology(
     }
     v.slots_covered = v.shards.iter().map(|s| s.slots).sum();
     v.live_shards = v.shards.iter().filter(|s| s.slots > 0).count();
+    v.one_virtual_shard = topology.is_some_and(Topology::one_virtual_shard);
     if !config.redis.cluster_mode || v.shards.is_empty() {
         return v;
     }
@@ -165,6 +175,7 @@ fn topology(
     }
     if let Some(expected) = v.expected_shards
         && !expected.contains(v.live_shards)
+        && !v.one_virtual_shard
     {
         let message = format!(
             "{} shards serve slots, {expected} are declared (PROBE_EXPECTED_SHARDS); with shard auto scaling, set it to the bounds MIN..MAX",
@@ -237,6 +248,7 @@ async fn connections(
     opts: &Options,
     info: &InfoReport,
     reached: &[NodeReach],
+    one_virtual_shard: bool,
     f: &mut Findings,
 ) -> Connections {
     let addrs: Vec<_> = info.nodes.iter().map(|n| n.addr.clone()).collect();
@@ -282,7 +294,10 @@ async fn connections(
     c.pod_ceiling = app.size.map(|s| u64::from(s) * used);
     c.replicas = opts.replicas;
     c.lowest_maxclients = c.nodes.iter().map(|n| n.maxclients).min();
-    if let (Some(size), Some(replicas)) = (app.size, opts.replicas) {
+    c.one_virtual_shard = one_virtual_shard;
+    if let (Some(size), Some(replicas)) = (app.size, opts.replicas)
+        && !one_virtual_shard
+    {
         let per_node = u64::from(size) * u64::from(replicas);
         c.fleet_ceiling_per_node = Some(per_node);
         if let Some(max) = c.lowest_maxclients

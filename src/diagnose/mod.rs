@@ -120,6 +120,9 @@ pub struct TopologyView {
     pub cluster_state_ok: Option<bool>,
     pub live_shards: usize,
     pub expected_shards: Option<crate::config::ShardRange>,
+    /// One shard behind one host name (ElastiCache Serverless): shard counts and the per-node
+    /// ceiling are not computed.
+    pub one_virtual_shard: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,6 +154,8 @@ pub struct Connections {
     /// `pool_size x replicas`: what the fleet may open to one node.
     pub fleet_ceiling_per_node: Option<u64>,
     pub lowest_maxclients: Option<u64>,
+    /// One shard behind one host name (ElastiCache Serverless): no per-node ceiling.
+    pub one_virtual_shard: bool,
 }
 
 /// The app's connections to one node: how many, the longest idle, round trip, retransmissions.

@@ -73,6 +73,12 @@ fn write_topology(o: &mut String, t: &TopologyView) -> fmt::Result {
         Some(false) => "FAIL",
         None => "unknown",
     };
+    if t.one_virtual_shard {
+        writeln!(
+            o,
+            "  one virtual shard behind one host name (ElastiCache Serverless): shard counts do not apply, PROBE_EXPECTED_SHARDS is not compared"
+        )?;
+    }
     let declared = t.expected_shards.map_or("none".into(), |e| e.to_string());
     writeln!(
         o,
@@ -110,6 +116,12 @@ fn write_latency(o: &mut String, r: &Report) -> fmt::Result {
 
 fn write_connections(o: &mut String, c: &Connections) -> fmt::Result {
     writeln!(o, "\n== Connections")?;
+    if c.one_virtual_shard {
+        writeln!(
+            o,
+            "  one virtual shard (ElastiCache Serverless): the nodes are a proxy's ports, so the pool ceiling per node against maxclients is not computed"
+        )?;
+    }
     let unknown = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
     let (node, clients, max, cut, pod) = ("node", "clients", "maxclients", "idle cut", "this pod");
     writeln!(o, "  {node:<22} {clients:>10} {max:>11} {cut:>9} {pod:>9}")?;

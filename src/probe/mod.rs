@@ -826,6 +826,15 @@ impl RedisProbe {
         }
         let (discovered, topo_failure) = self.discover(candidates, deadline).await;
         if let Some(t) = discovered {
+            // ElastiCache Serverless takes RBAC users only; say so once when none is set.
+            if t.one_virtual_shard()
+                && self.settings.username.is_none()
+                && self.refused.insert("one virtual shard")
+            {
+                tracing::warn!(
+                    "one virtual shard behind one host name (ElastiCache Serverless?): it authenticates RBAC users only, and REDIS_USERNAME is not set"
+                );
+            }
             self.topology = Some(t);
         }
         let Some(topology) = self.topology.clone() else {

@@ -61,6 +61,23 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// One shard whose nodes all go by one host name (not an address), on different ports:
+    /// what ElastiCache Serverless shows (its one virtual shard, a primary port and a read
+    /// port, behind one name resolving to a proxy fleet). There the per-node maths (pools
+    /// against maxclients) and shard counts do not describe the servers behind it.
+    pub fn one_virtual_shard(&self) -> bool {
+        let [shard] = self.shards.as_slice() else {
+            return false;
+        };
+        let Some(first) = shard.nodes.first() else {
+            return false;
+        };
+        let host = &first.addr.host;
+        host.parse::<std::net::IpAddr>().is_err()
+            && shard.nodes.len() > 1
+            && shard.nodes.iter().all(|n| &n.addr.host == host)
+    }
+
     /// A single server outside cluster mode.
     pub fn standalone(addr: HostPort) -> Self {
         Topology {

@@ -62,6 +62,9 @@ pub struct Options {
     pub tls: bool,
     /// Standalone only: a replica of the server, and the endpoint in front of the primary.
     pub replica: bool,
+    /// Cluster only: shards of a primary and a replica each, 3 (`--cluster create`) or 1 (all
+    /// 16384 slots on one primary, as ElastiCache Serverless's one virtual shard shows).
+    pub shards: usize,
     /// The nodes run in this network namespace (a [`netns::Lab`]'s `srv`), on
     /// [`netns::SRV_IP`].
     pub netns: Option<String>,
@@ -111,6 +114,7 @@ impl Default for Options {
             engine,
             tls: engine.tls_capable(),
             replica: false,
+            shards: 3,
             netns: None,
             latency: None,
         }
@@ -162,6 +166,8 @@ pub struct Cluster {
     pub shape: Shape,
     pub engine: Engine,
     pub tls: bool,
+    /// Cluster mode (else standalone, with or without a replica).
+    pub cluster_mode: bool,
     netns: Option<String>,
     /// The address the nodes listen on and redis-cli reaches them at.
     bind_ip: &'static str,
@@ -196,8 +202,13 @@ impl Cluster {
             // is in a container image's bundle.
             std::fs::copy(&pki.ca, dir.path().join("trust-store.pem")).unwrap();
         }
+        assert!(
+            opts.shards == 3 || opts.shards == 1,
+            "3 shards or 1, not {}",
+            opts.shards
+        );
         let count = match (opts.cluster, opts.replica) {
-            (true, _) => 6,
+            (true, _) => 2 * opts.shards,
             (false, true) => 2,
             (false, false) => 1,
         };
@@ -233,6 +244,7 @@ impl Cluster {
             shape: opts.shape,
             engine: opts.engine,
             tls: opts.tls,
+            cluster_mode: opts.cluster,
             netns: opts.netns.clone(),
             bind_ip,
             redis_server,
@@ -276,7 +288,9 @@ impl Cluster {
                     .contains("master_link_status:up")
             });
         }
-        if opts.cluster {
+        if opts.cluster && opts.shards == 1 {
+            c.one_shard();
+        } else if opts.cluster {
             let addrs: Vec<String> = c
                 .nodes
                 .iter()
@@ -304,6 +318,30 @@ impl Cluster {
             c.wait_healthy(Duration::from_secs(60));
         }
         c
+    }
+
+    /// One shard by hand (`--cluster create` wants three primaries): every slot on node 0, node
+    /// 1 met and made its replica.
+    fn one_shard(&mut self) {
+        let ok = |out: String, what: &str| assert!(out.contains("OK"), "{what}: {out}");
+        ok(
+            self.cli(0, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]),
+            "ADDSLOTSRANGE",
+        );
+        let (port, bus) = (
+            self.nodes[0].port.to_string(),
+            self.nodes[0].bus_port.to_string(),
+        );
+        ok(
+            self.cli(1, &["CLUSTER", "MEET", self.bind_ip, &port, &bus]),
+            "MEET",
+        );
+        let id = self.cli(0, &["CLUSTER", "MYID"]).trim().to_string();
+        self.wait_for(Duration::from_secs(30), "node 1 knows node 0", |c| {
+            c.cli(1, &["CLUSTER", "NODES"]).contains(&id)
+        });
+        ok(self.cli(1, &["CLUSTER", "REPLICATE", &id]), "REPLICATE");
+        self.wait_healthy(Duration::from_secs(60));
     }
 
     /// Waits until node `i` answers PING (20 s at most).
@@ -666,10 +704,7 @@ impl Cluster {
     pub fn connection_env(&self) -> Vec<(String, String)> {
         let mut v = vec![
             ("REDIS_ADDRESS".to_string(), self.seed()),
-            (
-                "REDIS_CLUSTER_MODE".into(),
-                (self.nodes.len() > 2).to_string(),
-            ),
+            ("REDIS_CLUSTER_MODE".into(), self.cluster_mode.to_string()),
         ];
         let tls = self.tls;
         v.push(("REDIS_TLS_ENABLED".into(), tls.to_string()));
