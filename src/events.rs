@@ -41,10 +41,13 @@ pub enum Kind {
     Disconnect,
     /// A node's `rejected_connections` rose (maxclients reached; the count in `detail`).
     ClientsRejected,
+    /// The pod's established connections reset rose (`EstabResets`, the app's sockets
+    /// included; the count in `detail`).
+    PodResets,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::NodeJoined,
         Kind::NodeLeft,
         Kind::RoleChanged,
@@ -59,6 +62,7 @@ impl Kind {
         Kind::IdleCutCleared,
         Kind::Disconnect,
         Kind::ClientsRejected,
+        Kind::PodResets,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Kind {
             Kind::IdleCutCleared => "idle_cut_cleared",
             Kind::Disconnect => "disconnect",
             Kind::ClientsRejected => "clients_rejected",
+            Kind::PodResets => "pod_resets",
         }
     }
 }

@@ -125,7 +125,13 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
     tasks.spawn(health_loop.run());
     if pool_available {
         let settings = pool::Settings::from_config(config);
-        tasks.spawn(pool::watch(health.clone(), metrics.clone(), settings));
+        let events = Some(events.clone());
+        tasks.spawn(pool::watch(
+            health.clone(),
+            metrics.clone(),
+            settings,
+            events,
+        ));
     }
     if let Some(tls) = &config.redis.tls {
         let timeout = config.probe.attempt_timeout;

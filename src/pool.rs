@@ -288,7 +288,14 @@ fn from_sock_diag(
     view
 }
 
-pub async fn watch(health: health::Rx, metrics: Arc<Metrics>, settings: Settings) {
+/// Counts the pod's connections every interval; a rise of the pod's resets is an event.
+pub async fn watch(
+    health: health::Rx,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    events: Option<crate::events::EventLog>,
+) {
+    let mut resets_before: Option<u64> = None;
     loop {
         let nodes: Vec<(HostPort, Role)> = health
             .borrow()
@@ -311,6 +318,20 @@ pub async fn watch(health: health::Rx, metrics: Arc<Metrics>, settings: Settings
             .await
             .unwrap_or_default();
         metrics.pool.record_tcp_resets(&resets);
+        let estab = resets
+            .iter()
+            .find(|(k, _)| *k == "estab_resets")
+            .map(|r| r.1);
+        if let (Some(now), Some(before), Some(e)) = (estab, resets_before, &events)
+            && now > before
+        {
+            e.push(
+                crate::events::Kind::PodResets,
+                None,
+                format!("+{}", now - before),
+            );
+        }
+        resets_before = estab.or(resets_before);
         tokio::time::sleep(settings.interval).await;
     }
 }

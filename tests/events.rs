@@ -135,6 +135,15 @@ async fn server_events_are_not_idle_cuts() {
     );
     let (_, report) = support::run_binary(None, &diag, &["diagnose", "--duration", "1s"]);
     assert!(!report.contains("idle_above_cut"), "{report}");
+    // Its account of what happened is the sidecar's event log.
+    let history = report
+        .split("== What happened")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no history section:\n{report}"));
+    assert!(
+        history.contains(&format!("node_restarted {restarted_addr}")),
+        "{report}"
+    );
     sidecar.stop().await;
 }
 

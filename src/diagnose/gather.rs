@@ -60,6 +60,7 @@ pub(super) async fn report(config: &Config, opts: &Options) -> Report {
             r.timeouts = timeouts(config, opts, &r.latency, &mut f);
             r.otlp = otlp(config, &mut f).await;
             r.sidecar = sidecar_timing(config);
+            r.events = super::history::read(config.listen.port()).await;
         }
     }
     if !f.0.is_empty() {

@@ -10,6 +10,7 @@
 
 mod findings;
 mod gather;
+mod history;
 mod render;
 
 use std::collections::BTreeMap;
@@ -73,6 +74,8 @@ pub struct Report {
     pub timeouts: Timeouts,
     pub otlp: OtlpView,
     pub sidecar: SidecarTiming,
+    /// The running sidecar's events, oldest first (empty when none answers).
+    pub events: Vec<history::EventLine>,
 }
 
 #[derive(Debug, Default, Serialize)]

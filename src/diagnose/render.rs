@@ -21,6 +21,7 @@ fn write_report(o: &mut String, r: &Report) -> fmt::Result {
     write_timeouts(o, r)?;
     write_otlp(o, &r.otlp)?;
     write_sidecar(o, r)?;
+    super::history::write(o, &r.events)?;
     write_verdict(o, r)
 }
 
