@@ -247,3 +247,37 @@ async fn maxclients_reached_is_named() {
     assert_eq!(sidecar.get("/readyz").await.0, 200);
     sidecar.stop().await;
 }
+
+/// A maximum connection age (`CLIENT KILL MAXAGE`, Valkey 8; the server-side counterpart of a
+/// client's `ConnMaxLifetime`) drops every connection older than it on a node: the canary's
+/// and the health loop's losses are put down to every client being dropped, never to an idle
+/// cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maximum_connection_age_is_not_an_idle_cut() {
+    let mut cluster = Cluster::launch(Options::on(Engine::Valkey8)).await;
+    let sidecar = Sidecar::spawn(&canary_env(&cluster, "4s")).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    canaries_settled(&sidecar).await;
+    let node = cluster.primaries()[0];
+    tokio::task::block_in_place(|| {
+        Fault::on(node, &["CLIENT", "KILL", "MAXAGE", "1"]).apply(&mut cluster, None)
+    });
+    let m = support::eventually(Duration::from_secs(60), "the losses explained", || async {
+        let m = sidecar.metrics().await;
+        let canary = disconnects(&m, "all_clients_dropped");
+        let health = sample(
+            &m,
+            "redis_probe_disconnects_total{conn=\"health\",cause=\"all_clients_dropped\"}",
+        )
+        .unwrap_or(0.0);
+        support::holds(canary >= 1.0 && health >= 1.0, || m.clone()).map(|_| m)
+    })
+    .await;
+    assert!(!m.contains("redis_idle_cut_seconds{"), "{m}");
+    for cause in ["path_idle_cut", "server_idle_timeout"] {
+        assert_eq!(disconnects(&m, cause), 0.0, "{cause}:\n{m}");
+    }
+    sidecar.stop().await;
+}

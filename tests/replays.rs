@@ -359,3 +359,80 @@ fn agree(c: &Cluster, members: &[usize]) {
         },
     );
 }
+
+/// Valkey 9's atomic slot migration (`CLUSTER MIGRATESLOTS`, the whole range moved by the
+/// servers in one operation, no MIGRATING/IMPORTING dance): a fourth shard is added and given
+/// 1,000 slots with keys. The sidecar follows the new shard without a failed probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_9_atomic_slot_migration() {
+    let cluster = Cluster::launch(Options::on(Engine::Valkey9)).await;
+    let env = with_vars(replay_env(&cluster), &[("PROBE_EXPECTED_SHARDS", "3..4")]);
+    let sidecar = Sidecar::spawn(&env).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let prober = Prober::start(sidecar.addr);
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut c = cluster;
+        for k in 0..300 {
+            let key = format!("key:{k}");
+            assert!(c.cli(0, &["-c", "SET", &key, "v"]).contains("OK"));
+        }
+        let seed = format!("{}:{}", c.nodes[0].host, c.nodes[0].port);
+        let primary = c.spawn_extra();
+        let new = format!("{}:{}", c.nodes[primary].host, c.nodes[primary].port);
+        let out = c.cli_output(0, &["--cluster", "add-node", &new, &seed]);
+        assert!(out.status.success(), "{}", tail(&out));
+        let mut members: Vec<usize> = (0..6).collect();
+        members.push(primary);
+        agree(&c, &members);
+        // Slots 0-999 live on the primary that holds slot 0.
+        let from = (0..6)
+            .find(|i| {
+                c.cli(*i, &["CLUSTER", "NODES"])
+                    .lines()
+                    .any(|l| l.contains("myself,master") && l.contains(" 0-"))
+            })
+            .expect("the primary of slot 0");
+        let to = c.node_id(primary);
+        let out = c.cli(
+            from,
+            &[
+                "CLUSTER",
+                "MIGRATESLOTS",
+                "SLOTSRANGE",
+                "0",
+                "999",
+                "NODE",
+                &to,
+            ],
+        );
+        assert!(out.contains("OK"), "MIGRATESLOTS: {out}");
+        c.wait_for(Duration::from_secs(60), "the slots moved", |c| {
+            c.cli(primary, &["CLUSTER", "NODES"])
+                .lines()
+                .any(|l| l.contains("myself,master") && l.contains(" 0-999"))
+        });
+        c
+    })
+    .await
+    .unwrap();
+    sidecar
+        .wait_metric("redis_cluster_size", |v| v == 4.0, Duration::from_secs(30))
+        .await;
+    sidecar
+        .wait_metric(
+            "redis_probe_connections",
+            |v| v == 7.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    let probed = prober.stop();
+    let (sent, failed) = probed.counts();
+    println!("atomic slot migration: {}", probed.held());
+    let (_, report) = diagnose(&env, &sidecar).await;
+    no_false_findings(&report);
+    println!("atomic slot migration: {sent} probes, {failed} failed");
+    sidecar.stop().await;
+    drop(cluster);
+}
