@@ -339,21 +339,7 @@ fn mixed_versions(nodes: &[crate::probe::NodeView], f: &mut Findings) {
 /// `/metrics`, on loopback at its listen port), with who cuts (`server` or `path`); empty when
 /// none answers there.
 async fn idle_cuts(port: u16) -> BTreeMap<String, (f64, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let read = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
-        Some(body)
-    };
-    let body = tokio::time::timeout(Duration::from_secs(1), read)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let body = super::history::from_sidecar(port, "/metrics").await;
     body.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix("redis_idle_cut_seconds{node=\"")?;

@@ -24,23 +24,30 @@ const SHOWN: usize = 20;
 /// How far before a reset burst an event may have caused it.
 const BEFORE_A_BURST: Duration = Duration::from_secs(30);
 
-/// The running sidecar's events, oldest first.
-pub async fn read(port: u16) -> Vec<EventLine> {
+/// `GET path` from the sidecar running in this pod (loopback, its listen port), head and body;
+/// empty when none answers within a second.
+pub async fn from_sidecar(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let get = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .ok()?;
-        s.write_all(b"GET /events HTTP/1.0\r\n\r\n").await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
         let mut raw = String::new();
         s.read_to_string(&mut raw).await.ok()?;
         Some(raw)
     };
-    let raw = tokio::time::timeout(Duration::from_secs(1), get)
+    tokio::time::timeout(Duration::from_secs(1), get)
         .await
         .ok()
         .flatten()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The running sidecar's events, oldest first.
+pub async fn read(port: u16) -> Vec<EventLine> {
+    let raw = from_sidecar(port, "/events").await;
     let Some((head, body)) = raw.split_once("\r\n\r\n") else {
         return vec![];
     };
