@@ -196,22 +196,11 @@ async fn online_scale_out_and_scale_in_with_keys() {
     let prober = Prober::start(sidecar.addr);
     let cluster = tokio::task::spawn_blocking(move || {
         let mut c = cluster;
-        // Keys in every slot range, so the reshard moves data.
-        for k in 0..300 {
-            let key = format!("key:{k}");
-            let out = c.cli(0, &["-c", "SET", &key, "v"]);
-            assert!(out.contains("OK"), "{out}");
-        }
+        fill_keys(&c);
         let seed = format!("{}:{}", c.nodes[0].host, c.nodes[0].port);
         let primary = c.spawn_extra();
         let replica = c.spawn_extra();
-        let add = |c: &Cluster, i: usize, extra: &[&str]| {
-            let new = format!("{}:{}", c.nodes[i].host, c.nodes[i].port);
-            let mut args = vec!["--cluster", "add-node", new.as_str(), seed.as_str()];
-            args.extend_from_slice(extra);
-            let out = c.cli_output(0, &args);
-            assert!(out.status.success(), "{}", tail(&out));
-        };
+        let add = |c: &Cluster, i: usize, extra: &[&str]| add_node(c, i, &seed, extra);
         add(&c, primary, &[]);
         let mut members: Vec<usize> = (0..6).collect();
         members.push(primary);
@@ -374,15 +363,10 @@ async fn valkey_9_atomic_slot_migration() {
     let prober = Prober::start(sidecar.addr);
     let cluster = tokio::task::spawn_blocking(move || {
         let mut c = cluster;
-        for k in 0..300 {
-            let key = format!("key:{k}");
-            assert!(c.cli(0, &["-c", "SET", &key, "v"]).contains("OK"));
-        }
+        fill_keys(&c);
         let seed = format!("{}:{}", c.nodes[0].host, c.nodes[0].port);
         let primary = c.spawn_extra();
-        let new = format!("{}:{}", c.nodes[primary].host, c.nodes[primary].port);
-        let out = c.cli_output(0, &["--cluster", "add-node", &new, &seed]);
-        assert!(out.status.success(), "{}", tail(&out));
+        add_node(&c, primary, &seed, &[]);
         let mut members: Vec<usize> = (0..6).collect();
         members.push(primary);
         agree(&c, &members);
@@ -435,4 +419,22 @@ async fn valkey_9_atomic_slot_migration() {
     println!("atomic slot migration: {sent} probes, {failed} failed");
     sidecar.stop().await;
     drop(cluster);
+}
+
+/// 300 keys across the slot ranges, so a reshard moves data.
+fn fill_keys(c: &Cluster) {
+    for k in 0..300 {
+        let key = format!("key:{k}");
+        let out = c.cli(0, &["-c", "SET", &key, "v"]);
+        assert!(out.contains("OK"), "{out}");
+    }
+}
+
+/// `--cluster add-node` of node `i` through `seed`, with `extra` arguments (a replica's).
+fn add_node(c: &Cluster, i: usize, seed: &str, extra: &[&str]) {
+    let new = format!("{}:{}", c.nodes[i].host, c.nodes[i].port);
+    let mut args = vec!["--cluster", "add-node", new.as_str(), seed];
+    args.extend_from_slice(extra);
+    let out = c.cli_output(0, &args);
+    assert!(out.status.success(), "{}", tail(&out));
 }
