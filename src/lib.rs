@@ -71,7 +71,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, Warning, WarningKind};
 use crate::health::{HealthLoop, Timing};
 use crate::metrics::Metrics;
 use crate::probe::RedisProbe;
@@ -83,6 +83,18 @@ use crate::server::AppState;
 pub struct Sidecar {
     pub state: Arc<AppState>,
     pub tasks: JoinSet<()>,
+}
+
+/// The configuration's warnings and those of the machine it runs on (a TLS trust store with no
+/// certificate in it): logged at start, counted in `redis_probe_config_warning`.
+pub fn start_warnings(config: &Config) -> Vec<Warning> {
+    let mut warnings = config.warnings.clone();
+    let trust = config.redis.tls.as_ref();
+    if let Some(message) = trust.and_then(probe::tls::trust_store_problem) {
+        let kind = WarningKind::NoTrustStore;
+        warnings.push(Warning { kind, message });
+    }
+    warnings
 }
 
 /// Starts everything the configuration asks for, in the current tokio runtime: the health
@@ -107,7 +119,7 @@ pub fn spawn(config: &Config) -> std::io::Result<Sidecar> {
             .as_ref()
             .is_some_and(|t| t.client.is_some()),
     }));
-    metrics.set_config_warnings(config.warnings.iter().map(|w| w.kind));
+    metrics.set_config_warnings(start_warnings(config).iter().map(|w| w.kind));
     let events = events::EventLog::new(metrics.clone());
     let (health_loop, health) = HealthLoop::new(
         RedisProbe::new(&config.redis)?,

@@ -141,7 +141,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Version => {
-            println!("redis-probe {}", env!("CARGO_PKG_VERSION"));
+            let (version, revision) = (env!("CARGO_PKG_VERSION"), env!("REDIS_PROBE_REVISION"));
+            println!("redis-probe {version} (revision {revision})");
             return ExitCode::SUCCESS;
         }
         Command::Run { check_config } => check_config,
@@ -169,7 +170,7 @@ fn main() -> ExitCode {
 
 fn run_sidecar(config: &Config) -> ExitCode {
     redis_probe::logging::init(&config.log);
-    for w in &config.warnings {
+    for w in &redis_probe::start_warnings(config) {
         tracing::warn!(warning = %w, "configuration warning");
     }
     let runtime = match runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2)) {
@@ -196,6 +197,7 @@ fn run_sidecar(config: &Config) -> ExitCode {
             tls = config.redis.tls.is_some(),
             cluster_mode = config.redis.cluster_mode,
             version = env!("CARGO_PKG_VERSION"),
+            revision = env!("REDIS_PROBE_REVISION"),
             "redis-probe started"
         );
         match redis_probe::run(config, listener, shutdown_signal()).await {

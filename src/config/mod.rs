@@ -340,6 +340,8 @@ pub enum WarningKind {
     NoSecretStore,
     /// The attempt timeout is more than twice the interval.
     SlowAttempt,
+    /// TLS is on with no CA file and an empty system trust store.
+    NoTrustStore,
 }
 
 impl WarningKind {
@@ -350,6 +352,7 @@ impl WarningKind {
             WarningKind::UnusedTls,
             WarningKind::NoSecretStore,
             WarningKind::SlowAttempt,
+            WarningKind::NoTrustStore,
         ];
         crate::otlp::LintKind::ALL
             .into_iter()
@@ -364,6 +367,7 @@ impl WarningKind {
             WarningKind::UnusedTls => "unused_tls",
             WarningKind::NoSecretStore => "no_secret_store",
             WarningKind::SlowAttempt => "slow_attempt",
+            WarningKind::NoTrustStore => "no_trust_store",
         }
     }
 }

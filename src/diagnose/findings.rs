@@ -45,6 +45,8 @@ pub enum Code {
     WrongServer,
     /// The first check failed in the TLS handshake.
     Tls,
+    /// TLS is on with no CA file and the system trust store is empty.
+    NoTrustStore,
     /// The first check failed otherwise.
     Unreachable,
     /// A node's certificate does not verify against the configured CA and name.
@@ -84,8 +86,8 @@ impl Code {
     pub fn section(self) -> Section {
         use Code::*;
         match self {
-            Dns | PasswordFile | Auth | Permission | WrongServer | Tls | Unreachable
-            | TlsUnverified | CertExpiring => Section::Reachability,
+            Dns | PasswordFile | Auth | Permission | WrongServer | Tls | NoTrustStore
+            | Unreachable | TlsUnverified | CertExpiring => Section::Reachability,
             SlotsUncovered | ClusterState | ShardDrift | TopologyTruncated | MixedVersions => {
                 Section::Topology
             }
@@ -105,6 +107,7 @@ impl Code {
             Permission => "permission",
             WrongServer => "wrong_server",
             Tls => "tls",
+            NoTrustStore => "no_trust_store",
             Unreachable => "unreachable",
             TlsUnverified => "tls_unverified",
             CertExpiring => "cert_expiring",

@@ -88,6 +88,9 @@ async fn dns(config: &Config, f: &mut Findings) -> BTreeMap<String, Result<Vec<S
 
 /// The first check's verdict per node, and each node's certificate.
 async fn reachability(config: &Config, first: &CheckReport, f: &mut Findings) -> Vec<NodeReach> {
+    if let Some(problem) = config.redis.tls.as_ref().and_then(tls::trust_store_problem) {
+        f.add(Code::NoTrustStore, problem);
+    }
     if let Err(reason) = first.result {
         let code = match reason {
             Reason::Auth => Code::Auth,

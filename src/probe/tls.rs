@@ -39,6 +39,22 @@ pub fn system_roots() -> Arc<rustls::RootCertStore> {
         .clone()
 }
 
+/// Why no server certificate can verify, when that is known before any handshake: TLS is on
+/// with no CA file, and the system trust store holds no certificate (an image without a CA
+/// bundle). Logged at start, counted as `redis_probe_config_warning{kind="no_trust_store"}`
+/// and a `diagnose` finding, so that every check failing as `tls` has its cause named.
+pub fn trust_store_problem(tls: &TlsConfig) -> Option<String> {
+    if tls.ca_pem.is_some() || !system_roots().is_empty() {
+        return None;
+    }
+    Some(
+        "TLS is on without REDIS_TLS_CA_FILE and the system trust store holds no certificate \
+         (SSL_CERT_FILE, SSL_CERT_DIR, /etc/ssl/certs): no server certificate can verify; \
+         mount a CA bundle or set REDIS_TLS_CA_FILE"
+            .into(),
+    )
+}
+
 /// What the handshake showed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CertInfo {

@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod cluster;
 pub mod engine;
 pub mod faults;
+pub mod image;
 pub mod kubelet;
 pub mod netns;
 pub mod pki;
