@@ -200,23 +200,23 @@ fn example_settings_pass_check_config() {
     );
 }
 
-/// The README's configuration table is the one the key table makes: a key added, renamed or
-/// documented anew in `src/config/keys.rs` fails here until the README says the same.
+/// docs/settings.md's configuration table is the one the key table makes: a key added, renamed or
+/// documented anew in `src/config/keys.rs` fails here until docs/settings.md says the same.
 #[test]
-fn readme_configuration_table_is_the_key_table() {
+fn settings_table_is_the_key_table() {
     const BEGIN: &str = "<!-- configuration table: generated from src/config/keys.rs -->\n";
     const END: &str = "<!-- end of configuration table -->";
-    let readme = read("README.md");
+    let readme = read("docs/settings.md");
     let start = readme
         .find(BEGIN)
-        .expect("README has no configuration table marker")
+        .expect("docs/settings.md has no configuration table marker")
         + BEGIN.len();
     let len = readme[start..]
         .find(END)
-        .expect("README's table has no end marker");
+        .expect("docs/settings.md's table has no end marker");
     let expected = redis_probe::config::keys::markdown_table();
     assert!(
         readme[start..start + len] == expected,
-        "README.md's configuration table differs from src/config/keys.rs; put this between the markers:\n{expected}"
+        "docs/settings.md's configuration table differs from src/config/keys.rs; put this between the markers:\n{expected}"
     );
 }

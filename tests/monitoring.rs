@@ -214,7 +214,7 @@ fn rules_and_dashboard_use_only_exported_metrics() {
     }
 }
 
-/// Every alert has a firing and a silent case in the promtool tests (the README says so), so a
+/// Every alert has a firing and a silent case in the promtool tests (docs/metrics.md says so), so a
 /// new alert without both fails here.
 #[test]
 fn every_alert_has_a_firing_and_a_silent_case() {

@@ -8,7 +8,7 @@
 //!
 //! The rules' `for:` durations (5 minutes) are longer than a CI run, so this test stops at
 //! pending; `examples/alerts_realtime.rs` runs the same path in real time through firing and
-//! resolution (its figures are in the README).
+//! resolution (its figures are in docs/metrics.md).
 
 mod support;
 

@@ -1,10 +1,10 @@
 //! Every configuration key, declared once: its environment name, TOML path, default, parser and
-//! one line of documentation. The reader ([`super::read`]), `--check-config` and the README's
-//! configuration table all come from this table; `tests/manifests.rs` fails when the README's
+//! one line of documentation. The reader ([`super::read`]), `--check-config` and docs/settings.md's
+//! configuration table all come from this table; `tests/manifests.rs` fails when docs/settings.md's
 //! table differs from [`markdown_table`].
 //!
 //! Adding a setting: add one line to [`keys!`] below, read it in the section reader of
-//! `config/read.rs`, and paste the table the test prints into the README.
+//! `config/read.rs`, and paste the table the test prints into docs/settings.md.
 
 use std::fmt::Write as _;
 use std::marker::PhantomData;
@@ -20,7 +20,7 @@ use super::{LogFormat, OnFailure};
 /// The variable naming the optional TOML file (also `--config FILE`).
 pub const ENV_CONFIG_FILE: &str = "PROBE_CONFIG";
 
-/// A key's default, as the reader uses it and as the README shows it.
+/// A key's default, as the reader uses it and as docs/settings.md shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyDefault {
     /// A value, written as it would be in the environment.
@@ -41,7 +41,7 @@ pub struct KeyInfo {
     /// Dotted path in the TOML file.
     pub path: &'static str,
     pub default: KeyDefault,
-    /// One line for the README and `--help`.
+    /// One line for docs/settings.md and `--help`.
     pub doc: &'static str,
     /// Never printed.
     pub secret: bool,
@@ -74,7 +74,7 @@ impl KeyInfo {
         }
     }
 
-    /// The default as the README's table shows it.
+    /// The default as docs/settings.md's table shows it.
     pub fn shown_default(&self) -> String {
         match self.default {
             KeyDefault::Value(v) => format!("`{v}`"),
@@ -134,7 +134,7 @@ macro_rules! keys {
             #[doc = $doc]
             pub const $name: Key<$parser> = Key::new(stringify!($name), $path, $default, $doc);
         )*
-        /// Every key, in the order `--check-config` and the README list them.
+        /// Every key, in the order `--check-config` and docs/settings.md list them.
         pub const KEYS: &[KeyInfo] = &[$($name.info),*];
     };
 }
@@ -246,7 +246,7 @@ keys! {
         "A level or an `EnvFilter` directive.";
 }
 
-/// The README's configuration table: one row per key, then the config file's own variable.
+/// docs/settings.md's configuration table: one row per key, then the config file's own variable.
 pub fn markdown_table() -> String {
     let mut out = String::from("| variable | TOML | default | meaning |\n|---|---|---|---|\n");
     for k in KEYS {

@@ -5,7 +5,7 @@
 //! `REDIS_TLS_ENABLED`, `REDIS_POOL_SIZE`, ...) so the sidecar can share the app's ConfigMap.
 //!
 //! - [`keys`]: every key declared once (environment name, TOML path, default, parser, doc);
-//!   the README's table and `--check-config` come from it.
+//!   docs/settings.md's table and `--check-config` come from it.
 //! - [`parse`]: the parsers keys name, each with the words of its error.
 //! - `source`: the figment providers; `reader`: reads keys and collects problems;
 //!   `read`: one reader per section (redis, TLS, probe and breaker, cluster and pool,
