@@ -19,6 +19,7 @@ use crate::config::{Config, HostPort};
 use crate::health;
 use crate::metrics::{Ceiling, Metrics, ParseSource};
 use crate::probe::Role;
+pub use crate::tcpstats::NodeTcp;
 
 /// TCP state `ESTABLISHED` in `/proc/net/tcp`.
 const ESTABLISHED: &str = "01";
@@ -215,18 +216,6 @@ pub struct PodView {
     pub bad_lines: usize,
     /// Per node, what `tcp_info` says of the app's connections; empty on the fallback.
     pub tcp: Vec<NodeTcp>,
-}
-
-/// The app's connections to one node, as the kernel sees them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeTcp {
-    pub node: String,
-    /// Mean smoothed round-trip time.
-    pub rtt: Duration,
-    /// The longest time since one of them last received data.
-    pub idle_max: Duration,
-    /// Each socket (inode) and its retransmissions so far.
-    pub sockets: Vec<(u64, u32)>,
 }
 
 /// This pod's established connections to each of `nodes` (host names resolved), the

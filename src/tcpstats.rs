@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 /// The counters exported, by `kind` label: (file, section, field).
 pub const KINDS: [(&str, &str, &str, &str); 5] = [
@@ -54,6 +55,18 @@ pub fn read(proc_net: &Path) -> Vec<(&'static str, u64)> {
             Some((*kind, *v))
         })
         .collect()
+}
+
+/// The app's connections to one node, as the kernel sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeTcp {
+    pub node: String,
+    /// Mean smoothed round-trip time.
+    pub rtt: Duration,
+    /// The longest time since one of them last received data.
+    pub idle_max: Duration,
+    /// Each socket (inode) and its retransmissions so far.
+    pub sockets: Vec<(u64, u32)>,
 }
 
 #[cfg(test)]

@@ -245,6 +245,96 @@ async fn maxclients_reached_is_named() {
         "{log}"
     );
     assert_eq!(sidecar.get("/readyz").await.0, 200);
+    // diagnose in the pod: its own dial to the node is dropped before the handshake
+    // (connection_closed), and the running sidecar's event log says why.
+    let in_pod = with_vars(env.clone(), &[("PROBE_LISTEN", sidecar.addr.to_string())]);
+    let found = max_clients_findings(&in_pod);
+    assert!(
+        found.iter().any(|m| m.starts_with(&format!(
+            "{node}: drops new connections (connection_closed)"
+        ))),
+        "{found:?}"
+    );
+    sidecar.stop().await;
+}
+
+/// `diagnose`'s `max_clients` findings.
+fn max_clients_findings(env: &[(String, String)]) -> Vec<String> {
+    let (_, out) = support::run_binary(
+        None,
+        env,
+        &["diagnose", "--duration", "1s", "--format", "json"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("diagnose JSON does not parse ({e}):\n{out}"));
+    json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == "max_clients")
+        .map(|f| f["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// maxclients reached on a plain-text node: the node says so to a new client
+/// (`-ERR max number of clients + cluster connections reached`), and the sidecar names it `max_clients`, never
+/// `other`: in `/readyz?verbose` and in `diagnose`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maxclients_is_named_on_a_plain_text_node() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::launch(Options {
+        tls: false,
+        ..Options::default()
+    })
+    .await;
+    let full = cluster.replica_of(cluster.primaries()[0]);
+    let node = cluster.nodes[full].addr();
+    // Redis counts its cluster bus links and its replication link against maxclients too:
+    // fill what is left with this test's own connections, held open, until one is refused.
+    let out = cluster.cli(full, &["CONFIG", "SET", "maxclients", "20"]);
+    assert!(out.contains("OK"), "{out}");
+    let auth = format!(
+        "*2\r\n$4\r\nAUTH\r\n${}\r\n{}\r\n",
+        cluster.password.len(),
+        cluster.password
+    );
+    let mut held = vec![];
+    let refused = loop {
+        assert!(
+            held.len() < 20,
+            "the node took 20 more clients at maxclients 20"
+        );
+        let mut s = std::net::TcpStream::connect(&node).unwrap();
+        s.write_all(auth.as_bytes()).unwrap();
+        let mut reply = vec![0u8; 64];
+        let n = s.read(&mut reply).unwrap();
+        let reply = String::from_utf8_lossy(&reply[..n]).into_owned();
+        match reply.as_str() {
+            "+OK\r\n" => held.push(s),
+            _ => break reply,
+        }
+    };
+    assert!(refused.contains("max number of clients"), "{refused}");
+
+    let env = cluster.patient_env();
+    let found = max_clients_findings(&env);
+    assert_eq!(
+        found,
+        [format!(
+            "{node}: refuses new connections, maxclients reached (the node said so)"
+        )]
+    );
+    let sidecar = Sidecar::spawn(&env).await;
+    sidecar
+        .wait_body(
+            "/readyz?verbose",
+            200,
+            &format!("replica {node} max_clients"),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(sidecar.get("/readyz").await.0, 200);
+    drop(held);
     sidecar.stop().await;
 }
 

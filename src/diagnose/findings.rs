@@ -70,6 +70,9 @@ pub enum Code {
     ClientsNearMax,
     /// The fleet's pools may open more connections to one node than its maxclients.
     CeilingAboveMaxclients,
+    /// A node refuses new connections at maxclients: it said so, or it dropped this run's
+    /// connection while the running sidecar saw its `rejected_connections` rise.
+    MaxClients,
     /// The app keeps idle connections longer than the path lets them live.
     IdleAboveCut,
     /// The attempt timeout is longer than the kubelet's probe timeout.
@@ -92,7 +95,9 @@ impl Code {
                 Section::Topology
             }
             SlowNode => Section::Latency,
-            ClientsNearMax | CeilingAboveMaxclients | IdleAboveCut => Section::Connections,
+            ClientsNearMax | CeilingAboveMaxclients | MaxClients | IdleAboveCut => {
+                Section::Connections
+            }
             AttemptAboveProbeTimeout | ReadTimeoutTight => Section::Timeouts,
             OtlpSetting | OtlpUnreachable => Section::Otlp,
         }
@@ -118,6 +123,7 @@ impl Code {
             SlowNode => "slow_node",
             ClientsNearMax => "clients_near_max",
             CeilingAboveMaxclients => "ceiling_above_maxclients",
+            MaxClients => "max_clients",
             IdleAboveCut => "idle_above_cut",
             MixedVersions => "mixed_versions",
             AttemptAboveProbeTimeout => "attempt_above_probe_timeout",

@@ -61,6 +61,7 @@ pub(super) async fn report(config: &Config, opts: &Options) -> Report {
             r.otlp = otlp(config, &mut f).await;
             r.sidecar = sidecar_timing(config);
             r.events = super::history::read(config.listen.port()).await;
+            max_clients(&r.reachability.nodes, &r.events, &mut f);
         }
     }
     if !f.0.is_empty() {
@@ -485,6 +486,53 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// How recent a `clients_rejected` event of the running sidecar must be to explain a node that
+/// drops this run's connections.
+const REJECTED_LATELY: Duration = Duration::from_secs(600);
+
+/// Nodes that refuse new connections at maxclients: the node said so (`max_clients`), or it
+/// closed this run's connection while the running sidecar, over the connection it already
+/// holds, saw the node's `rejected_connections` rise (a TLS node drops a new client before the
+/// handshake, so the client sees only `connection_closed`). The app's new connections to such a
+/// node fail while the ones it holds keep working.
+fn max_clients(nodes: &[NodeReach], events: &[super::history::EventLine], f: &mut Findings) {
+    let now = std::time::SystemTime::now();
+    let rejected_lately = |node: &str| {
+        events.iter().rev().find(|e| {
+            e.kind == "clients_rejected"
+                && e.node.as_deref() == Some(node)
+                && humantime::parse_rfc3339(&e.ts)
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age < REJECTED_LATELY)
+        })
+    };
+    for n in nodes {
+        let said = n.check == Reason::MaxClients.as_str();
+        let seen = rejected_lately(&n.node).filter(|_| {
+            [Reason::ConnectionClosed, Reason::ConnectionReset]
+                .iter()
+                .any(|r| n.check == r.as_str())
+        });
+        let message = match (said, seen) {
+            (true, _) => format!(
+                "{}: refuses new connections, maxclients reached (the node said so)",
+                n.node
+            ),
+            (false, Some(e)) => format!(
+                "{}: drops new connections ({}) and rejected connections at {} ({}): maxclients \
+                 reached; a TLS node drops a new client before the handshake",
+                n.node,
+                n.check,
+                e.ts,
+                e.detail.as_deref().unwrap_or("")
+            ),
+            (false, None) => continue,
+        };
+        f.add(Code::MaxClients, message);
+    }
 }
 
 #[cfg(test)]

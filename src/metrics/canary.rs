@@ -1,4 +1,4 @@
-//! The idle canary's series (`crate::canary`): the learned idle-cut age per node and each
+//! The idle canary's series (the `canary` module): the learned idle-cut age per node and each
 //! canary's outcome. Series leave with their node.
 
 use std::sync::atomic::AtomicU64;

@@ -113,7 +113,7 @@ impl PoolMetrics {
 
     /// What `tcp_info` said of the app's connections, per node (nothing on the `/proc`
     /// fallback: those series are then absent).
-    pub fn record_tcp(&self, tcp: &[crate::pool::NodeTcp]) {
+    pub fn record_tcp(&self, tcp: &[crate::tcpstats::NodeTcp]) {
         self.tcp_nodes
             .replace(tcp.iter().map(|t| t.node.clone()), |l| {
                 self.pool_rtt.remove(l);

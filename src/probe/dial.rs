@@ -16,6 +16,7 @@ use redis::RedisConnectionInfo;
 use redis::aio::MultiplexedConnection;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -98,9 +99,47 @@ impl Dialer {
                 }
             }
         };
-        timeout(self.dial_timeout, setup)
+        let dialed = timeout(self.dial_timeout, setup)
             .await
-            .unwrap_or_else(|_| Err(Fault::timeout()))
+            .unwrap_or_else(|_| Err(Fault::timeout()));
+        match dialed {
+            Err(f) if f.reason == Reason::Auth && self.at_maxclients(addr, &addrs).await => {
+                Err(Fault {
+                    reason: Reason::MaxClients,
+                    detail: "the node refuses new clients: max number of clients reached".into(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the node turns new clients away at maxclients. redis-rs reports any error reply
+    /// to AUTH as a failed authentication, and a node at maxclients answers a new connection's
+    /// first command with `-ERR max number of clients reached` and closes it: so after an AUTH
+    /// failure one more connection sends a bare PING and reads what the node says first.
+    async fn at_maxclients(&self, addr: &HostPort, addrs: &[SocketAddr]) -> bool {
+        let Ok(tcp) = self.connect_first(addrs).await else {
+            return false;
+        };
+        let said = async {
+            match &self.tls {
+                Some(tls) => {
+                    let name = tls.server_name.as_deref().unwrap_or(&addr.host);
+                    let name = ServerName::try_from(name.to_string()).ok()?;
+                    let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                        .connect(name, tcp)
+                        .await
+                        .ok()?;
+                    first_reply(stream).await
+                }
+                None => first_reply(tcp).await,
+            }
+        };
+        timeout(self.dial_timeout, said)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.to_ascii_lowercase().contains("max number of clients"))
     }
 
     /// The first of `addrs` that accepts, each given the dial timeout.
@@ -121,6 +160,14 @@ impl Dialer {
         }
         Err(last)
     }
+}
+
+/// Sends a bare PING and reads the first reply (at most 256 bytes).
+async fn first_reply<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Option<String> {
+    s.write_all(b"PING\r\n").await.ok()?;
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).await.ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 impl Fault {

@@ -29,83 +29,35 @@
 //! connection so the next attempt authenticates with it.
 
 mod dial;
+mod discover;
 pub mod info;
 pub mod material;
 pub mod reason;
+mod reload;
+mod report;
 pub mod tls;
 pub mod topology;
 mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisConnectionInfo, RedisError, Value};
+use redis::{RedisConnectionInfo, RedisError};
 use tokio::time::{Instant, timeout_at};
 
 use self::dial::Dialer;
 use self::material::Watched;
 pub use self::reason::Reason;
+use self::reload::TlsPart;
+use self::report::verdict;
+pub use self::report::{CheckReport, Cost, InfoReport, NodeReport, NodeView};
 pub use self::topology::{Role, Topology};
 pub use self::view::identity;
-use crate::config::parse::{CertFile, KeyFile, Parser};
 use crate::config::{HostPort, PasswordSource, RedisConfig, Secret, TlsConfig, read_password_file};
-
-/// What one node did in one attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeReport {
-    pub addr: HostPort,
-    pub role: Role,
-    /// PING round trip, or why it failed.
-    pub result: Result<Duration, Reason>,
-}
-
-/// The result of one attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckReport {
-    pub result: Result<(), Reason>,
-    pub nodes: Vec<NodeReport>,
-    /// One line of detail for logs when the check failed: never the password, never a label.
-    pub detail: Option<String>,
-    /// What the attempt cost Redis.
-    pub cost: Cost,
-}
-
-/// Work an attempt caused on the Redis side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Cost {
-    /// Connections the probe tried to open (each a TCP connect, TLS handshake and AUTH when the
-    /// node is up).
-    pub dials: u32,
-    /// Commands sent over open connections (PING, CLUSTER SHARDS, CLUSTER INFO).
-    pub commands: u32,
-    /// Connections held open after the attempt.
-    pub held: u32,
-}
-
-impl CheckReport {
-    pub fn passed() -> Self {
-        CheckReport {
-            result: Ok(()),
-            nodes: vec![],
-            detail: None,
-            cost: Cost::default(),
-        }
-    }
-
-    pub fn failed(reason: Reason, detail: impl Into<String>) -> Self {
-        CheckReport {
-            result: Err(reason),
-            nodes: vec![],
-            detail: Some(detail.into()),
-            cost: Cost::default(),
-        }
-    }
-}
 
 /// Anything that can run one check attempt. The health loop is generic over it so its tests
 /// can script results on paused time.
@@ -117,38 +69,6 @@ pub trait Probe: Send + 'static {
     fn info(&mut self, _deadline: Instant) -> impl Future<Output = Option<InfoReport>> + Send {
         async { None }
     }
-}
-
-/// What one node's `INFO` said.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeView {
-    pub addr: HostPort,
-    pub role: Role,
-    pub info: info::NodeInfo,
-}
-
-/// The server-side view of the cluster, read on a slower cadence than PING.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct InfoReport {
-    /// Nodes that answered `INFO`.
-    pub nodes: Vec<NodeView>,
-    /// `CLUSTER INFO` as read with the last check's topology (cluster mode only).
-    pub cluster: Option<info::ClusterInfo>,
-    /// Shards in the topology (with slots), as this probe sees them.
-    pub shards: usize,
-    /// Lines of INFO-style replies that did not parse.
-    pub parse_errors: u32,
-    /// Nodes whose INFO failed, and why.
-    pub failures: Vec<(HostPort, Reason)>,
-    pub cost: Cost,
-}
-
-/// Which TLS file a [`Watched`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TlsPart {
-    Ca,
-    Cert,
-    Key,
 }
 
 /// Connection settings shared by every node.
@@ -379,240 +299,6 @@ impl RedisProbe {
         }
     }
 
-    /// Fetches the topology from the first of `candidates` that answers. Returns the topology
-    /// when one was read (even from a cluster that reports itself down) and the failure, if any.
-    async fn discover(
-        &mut self,
-        candidates: Vec<HostPort>,
-        deadline: Instant,
-    ) -> (Option<Topology>, Option<Fault>) {
-        if !self.settings.cluster_mode {
-            return (
-                Some(Topology::standalone(self.settings.seeds[0].clone())),
-                None,
-            );
-        }
-        let mut last = Fault {
-            reason: Reason::Other,
-            detail: "no node answered to give the topology".into(),
-        };
-        for addr in candidates {
-            match self.topology_from(&addr, deadline).await {
-                Ok(found) => return found,
-                Err(f) => last = f,
-            }
-        }
-        // The user may PING but not read the topology: check the seed alone rather than fail
-        // a cluster that answers (the log line says what the ACL lacks).
-        if last.reason == Reason::Permission && self.topology.is_none() {
-            let seed = Topology::standalone(self.settings.seeds[0].clone());
-            return (Some(seed), Some(last));
-        }
-        (None, Some(last))
-    }
-
-    /// Asks `addr` for the topology and CLUSTER INFO, in one pipeline. `Err` to try the next
-    /// candidate.
-    async fn topology_from(
-        &mut self,
-        addr: &HostPort,
-        deadline: Instant,
-    ) -> Result<(Option<Topology>, Option<Fault>), Fault> {
-        let mut conn = self.connection(addr, deadline).await?;
-        self.commands.fetch_add(2, Ordering::Relaxed);
-        let shards_cmd = if self.use_cluster_slots {
-            "SLOTS"
-        } else {
-            "SHARDS"
-        };
-        let reply = timeout_at(
-            deadline,
-            redis::pipe()
-                .ignore_errors()
-                .cmd("CLUSTER")
-                .arg(shards_cmd)
-                .cmd("CLUSTER")
-                .arg("INFO")
-                .query_async::<Vec<redis::RedisResult<Value>>>(&mut conn),
-        )
-        .await;
-        let mut replies = match reply {
-            Ok(Ok(r)) if r.len() == 2 => r.into_iter(),
-            Ok(Ok(_)) => {
-                return Err(Fault {
-                    reason: Reason::Other,
-                    detail: format!("{addr}: CLUSTER replies do not match the pipeline"),
-                });
-            }
-            Ok(Err(e)) => {
-                let f = Fault::redis(e);
-                self.drop_on(addr, f.reason);
-                return Err(f);
-            }
-            Err(_) => {
-                self.conns.remove(addr);
-                return Err(Fault::timeout());
-            }
-        };
-        self.conns.insert(addr.clone(), conn);
-        let (shards, cluster_info) = (replies.next(), replies.next());
-        let shards = match shards {
-            Some(Ok(v)) => v,
-            Some(Err(e)) if !self.use_cluster_slots && shards_refused(&e) => {
-                if Reason::of(&e) == Reason::Permission {
-                    self.refused("CLUSTER SHARDS", "reading the topology with CLUSTER SLOTS");
-                }
-                self.use_cluster_slots = true;
-                return Ok(Box::pin(self.discover(vec![addr.clone()], deadline)).await);
-            }
-            Some(Err(e)) => {
-                let f = Fault::redis(e);
-                match f.reason {
-                    Reason::Permission => self.refused(
-                        "CLUSTER SLOTS",
-                        "the topology is not followed; only the seed address is checked",
-                    ),
-                    Reason::ClusterModeDisabled => self.refused(
-                        "CLUSTER",
-                        "the server has cluster mode disabled; set REDIS_CLUSTER_MODE=false",
-                    ),
-                    _ => {}
-                }
-                return Err(Fault {
-                    detail: format!("{addr}: {}", f.detail),
-                    ..f
-                });
-            }
-            None => unreachable!("two replies"),
-        };
-        let parsed = if self.use_cluster_slots {
-            topology::parse_cluster_slots(&shards)
-        } else {
-            topology::parse_cluster_shards(&shards, self.settings.tls.is_some())
-        };
-        let t = parsed.map_err(|e| Fault {
-            reason: Reason::Other,
-            detail: format!("{addr}: {e}"),
-        })?;
-        let (t, dropped) = t.capped(self.settings.max_nodes);
-        if dropped > 0 && self.dropped_nodes == 0 {
-            tracing::warn!(
-                node = %addr,
-                dropped,
-                kept = self.settings.max_nodes,
-                "topology has more nodes than redis-probe follows; the rest are ignored"
-            );
-        }
-        self.dropped_nodes = dropped;
-        let cluster_info = match cluster_info {
-            Some(Ok(v)) => redis::from_redis_value::<String>(v).ok(),
-            Some(Err(e)) => {
-                if Reason::of(&e) == Reason::Permission {
-                    self.refused(
-                        "CLUSTER INFO",
-                        "cluster_state is not read; redis_cluster_* metrics are absent",
-                    );
-                }
-                None
-            }
-            None => None,
-        };
-        let Some(cluster_info) = cluster_info else {
-            return Ok((Some(t), None));
-        };
-        let cluster_info = info::ClusterInfo::parse(&cluster_info);
-        // A node whose topology reply covers fewer slots than its own CLUSTER INFO says are
-        // assigned does not see the shards whole: a Valkey node among Redis 7.0 nodes (which
-        // send no shard id) lists each of them in a shard of its own, without slots. Another
-        // node's view is taken instead.
-        let covered: u64 = t.shards.iter().map(|s| u64::from(s.slots)).sum();
-        if let Some(assigned) = cluster_info.0.slots_assigned
-            && covered < assigned
-            && self.dropped_nodes == 0
-        {
-            return Err(Fault {
-                reason: Reason::Other,
-                detail: format!(
-                    "{addr}: its topology covers {covered} of the {assigned} slots assigned"
-                ),
-            });
-        }
-        let failure = (cluster_info.0.state_ok == Some(false)).then(|| Fault {
-            reason: Reason::ClusterDown,
-            detail: format!("{addr} reports cluster_state:fail"),
-        });
-        self.cluster_info = Some(cluster_info);
-        Ok((Some(t), failure))
-    }
-
-    /// Cluster mode disabled: the server must be a primary, or the app's writes fail. Asks
-    /// `INFO replication` (ROLE is in `@dangerous`); a replica's connection is dropped, so the
-    /// next attempt dials again and follows a primary endpoint whose name moved.
-    async fn check_role(&mut self, addr: &HostPort, deadline: Instant) -> Result<(), Fault> {
-        let Some(mut conn) = self.conns.get(addr).cloned() else {
-            return Ok(());
-        };
-        self.commands.fetch_add(1, Ordering::Relaxed);
-        let text = match view::section(&mut conn, "replication", deadline).await {
-            Ok(t) => t,
-            Err(f) if f.reason == Reason::Permission => {
-                self.refused("INFO", "the role of the server is not checked, only PING");
-                return Ok(());
-            }
-            Err(f) => {
-                self.drop_on(addr, f.reason);
-                return Err(f);
-            }
-        };
-        let (fields, _) = info::parse_info(&text);
-        match fields.get("role").map(|r| r.trim()) {
-            Some("master") => Ok(()),
-            Some(role) => {
-                self.conns.remove(addr);
-                Err(Fault {
-                    reason: Reason::NotPrimary,
-                    detail: format!("the server's role is {role}, not master"),
-                })
-            }
-            None => {
-                self.commands.fetch_add(1, Ordering::Relaxed);
-                let server = view::section(&mut conn, "server", deadline).await;
-                // Redis says `redis_mode:sentinel`; Valkey `server_mode:sentinel`.
-                let sentinel = server.is_ok_and(|t| {
-                    let info = info::parse_info(&t).0;
-                    ["redis_mode", "server_mode"]
-                        .iter()
-                        .any(|k| info.get(*k).map(|m| m.trim()) == Some("sentinel"))
-                });
-                self.conns.remove(addr);
-                Err(if sentinel {
-                    Fault {
-                        reason: Reason::Sentinel,
-                        detail: "the address is a Sentinel; set REDIS_ADDRESS to the primary's"
-                            .into(),
-                    }
-                } else {
-                    Fault {
-                        reason: Reason::Other,
-                        detail: "INFO replication names no role".into(),
-                    }
-                })
-            }
-        }
-    }
-
-    /// Logs, once per command, that the server refused a command the probe sends, and what
-    /// the probe does without it.
-    fn refused(&mut self, command: &'static str, consequence: &'static str) {
-        if self.refused.insert(command) {
-            tracing::warn!(
-                command,
-                user = self.settings.username.as_deref().unwrap_or("default"),
-                "the server refused {command}: {consequence}"
-            );
-        }
-    }
-
     /// PINGs `nodes` concurrently; keeps the connections that worked, drops the others.
     async fn ping_all(
         &mut self,
@@ -655,67 +341,6 @@ impl RedisProbe {
             Reason::Loading | Reason::ClusterDown | Reason::Permission
         ) {
             self.conns.remove(addr);
-        }
-    }
-
-    /// Takes up a password file or TLS file that changed since the last check: the next
-    /// connections use the new material, and every connection is made again with it (so a
-    /// revoked token or a rotated client certificate is noticed now, while old connections
-    /// would still pass).
-    fn reload_changed_files(&mut self) {
-        if self.password_file.as_mut().is_some_and(Watched::changed) {
-            self.reload_password();
-        }
-        let changed: Vec<(TlsPart, PathBuf)> = self
-            .tls_files
-            .iter_mut()
-            .filter_map(|(part, w)| w.changed().then(|| (*part, w.path().to_path_buf())))
-            .collect();
-        let Some(tls) = self.settings.tls.as_mut() else {
-            return;
-        };
-        let mut reloaded = false;
-        for (part, path) in changed {
-            let text = path.to_string_lossy().into_owned();
-            let read = match part {
-                TlsPart::Key => KeyFile::check(text),
-                TlsPart::Ca | TlsPart::Cert => CertFile::check(text),
-            };
-            match (read, part, tls.client.as_mut()) {
-                (Ok(f), TlsPart::Ca, _) => tls.ca_pem = Some(f.pem),
-                (Ok(f), TlsPart::Cert, Some(c)) => c.cert_pem = f.pem,
-                (Ok(f), TlsPart::Key, Some(c)) => c.key_pem = f.pem,
-                (Ok(_), _, None) => continue,
-                // Half-written during a rotation: keep what works until the next change.
-                (Err(e), _, _) => {
-                    tracing::warn!(file = %path.display(), problem = %e.what, "TLS file changed but cannot be used; keeping the previous one");
-                    continue;
-                }
-            }
-            reloaded = true;
-            tracing::info!(file = %path.display(), "TLS file changed; reconnecting with it");
-        }
-        if reloaded {
-            match self.settings.dialer() {
-                Ok(d) => self.dialer = d,
-                Err(e) => {
-                    tracing::warn!(problem = %e, "TLS files changed but do not make a TLS client; keeping the previous one");
-                    return;
-                }
-            }
-            self.conns.clear();
-        }
-    }
-
-    /// Re-reads the password file; drops every connection when the token changed.
-    fn reload_password(&mut self) {
-        if let PasswordSource::File(path) = &self.settings.password
-            && let Ok(new) = read_password_file(path)
-            && self.password.as_ref() != Some(&new)
-        {
-            tracing::info!(file = %path.display(), "password file changed; reconnecting with the new token");
-            self.password = Some(new);
-            self.conns.clear();
         }
     }
 
@@ -903,70 +528,6 @@ impl Probe for RedisProbe {
     }
 }
 
-/// Pass when every shard with slots has a primary that answered. The reason for a failure,
-/// most telling first:
-/// - every node failed for the same reason: that reason (a full outage, a wrong password, a
-///   wrong CA);
-/// - some shard has no node answering at all, or names no primary: `no_primary`;
-/// - otherwise a primary failed while its replicas answer (frozen, restarting, failing over):
-///   that primary's own reason (`timeout`, `connection_refused`, `connection_reset`, ...).
-fn verdict(
-    topology: &Topology,
-    nodes: &[NodeReport],
-    topo_failure: Option<Reason>,
-) -> Result<(), Reason> {
-    let result = |addr: &HostPort| nodes.iter().find(|n| &n.addr == addr).map(|n| n.result);
-    let failing: Vec<&topology::Shard> = topology
-        .shards
-        .iter()
-        .filter(|s| s.slots > 0 || topology.shards.len() == 1)
-        .filter(|s| {
-            s.primary
-                .as_ref()
-                .and_then(result)
-                .is_none_or(|r| r.is_err())
-        })
-        .collect();
-    if failing.is_empty() {
-        return match topo_failure {
-            Some(r @ Reason::ClusterDown) => Err(r),
-            _ => Ok(()),
-        };
-    }
-    let failed: Vec<Reason> = nodes.iter().filter_map(|n| n.result.err()).collect();
-    if let Some(first) = failed.first()
-        && failed.len() == nodes.len()
-        && failed.iter().all(|r| r == first)
-    {
-        return Err(*first);
-    }
-    let whole_shard_down = failing.iter().any(|s| {
-        s.primary.is_none()
-            || s.nodes
-                .iter()
-                .all(|n| result(&n.addr).is_none_or(|r| r.is_err()))
-    });
-    if whole_shard_down {
-        return Err(Reason::NoPrimary);
-    }
-    let primary_reason = failing[0]
-        .primary
-        .as_ref()
-        .and_then(result)
-        .and_then(Result::err);
-    Err(primary_reason.unwrap_or(Reason::NoPrimary))
-}
-
-/// `CLUSTER SHARDS` is missing (Redis before 7.0: "unknown subcommand" on 6.x, "Wrong
-/// CLUSTER subcommand" on 4.x and 5.x) or the ACL user may not run it: `CLUSTER SLOTS` next.
-fn shards_refused(e: &RedisError) -> bool {
-    let s = e.to_string().to_ascii_lowercase();
-    Reason::of(e) == Reason::Permission
-        || s.contains("unknown subcommand")
-        || s.contains("unknown command")
-        || s.contains("wrong cluster subcommand")
-}
-
 /// What went wrong with one node or command: its label and a log-safe description.
 #[derive(Debug, Clone)]
 struct Fault {
@@ -999,130 +560,4 @@ pub async fn resolve(addr: &HostPort) -> std::io::Result<Vec<SocketAddr>> {
     Ok(tokio::net::lookup_host((addr.host.as_str(), addr.port))
         .await?
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hp(p: u16) -> HostPort {
-        HostPort {
-            host: "127.0.0.1".into(),
-            port: p,
-        }
-    }
-
-    fn topo() -> Topology {
-        use topology::{Node, Shard};
-        let shard = |p: u16, r: u16| Shard {
-            slots: 100,
-            primary: Some(hp(p)),
-            nodes: vec![
-                Node {
-                    addr: hp(p),
-                    role: Role::Primary,
-                },
-                Node {
-                    addr: hp(r),
-                    role: Role::Replica,
-                },
-            ],
-        };
-        Topology {
-            shards: vec![shard(1, 4), shard(2, 5), shard(3, 6)],
-        }
-    }
-
-    fn reports(results: &[(u16, Result<(), Reason>)]) -> Vec<NodeReport> {
-        results
-            .iter()
-            .map(|(p, r)| NodeReport {
-                addr: hp(*p),
-                role: if *p <= 3 {
-                    Role::Primary
-                } else {
-                    Role::Replica
-                },
-                result: r.map(|_| Duration::from_millis(1)),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn replica_failure_does_not_fail_the_check() {
-        let n = reports(&[
-            (1, Ok(())),
-            (2, Ok(())),
-            (3, Ok(())),
-            (4, Err(Reason::Timeout)),
-            (5, Ok(())),
-            (6, Ok(())),
-        ]);
-        assert_eq!(verdict(&topo(), &n, None), Ok(()));
-    }
-
-    #[test]
-    fn one_shard_down_is_no_primary() {
-        let n = reports(&[
-            (1, Ok(())),
-            (2, Ok(())),
-            (3, Err(Reason::ConnectionRefused)),
-            (4, Ok(())),
-            (5, Ok(())),
-            (6, Err(Reason::ConnectionRefused)),
-        ]);
-        assert_eq!(verdict(&topo(), &n, None), Err(Reason::NoPrimary));
-    }
-
-    #[test]
-    fn a_primary_failing_alone_reports_its_own_reason() {
-        let n = reports(&[
-            (1, Ok(())),
-            (2, Err(Reason::Timeout)),
-            (3, Ok(())),
-            (4, Ok(())),
-            (5, Ok(())),
-            (6, Ok(())),
-        ]);
-        assert_eq!(verdict(&topo(), &n, None), Err(Reason::Timeout));
-    }
-
-    #[test]
-    fn everything_down_for_one_reason_reports_it() {
-        let all: Vec<_> = (1..=6).map(|p| (p, Err(Reason::Auth))).collect();
-        assert_eq!(verdict(&topo(), &reports(&all), None), Err(Reason::Auth));
-    }
-
-    /// Each server generation's way of saying it has no CLUSTER SHARDS, and an ACL without it.
-    #[test]
-    fn shards_refusals_fall_back_to_cluster_slots() {
-        let err =
-            |code: &str, text: &str| redis::make_extension_error(code.into(), Some(text.into()));
-        for e in [
-            err(
-                "ERR",
-                "Unknown subcommand or wrong number of arguments for 'SHARDS'. Try CLUSTER HELP.",
-            ),
-            err("ERR", "Wrong CLUSTER subcommand or number of arguments"),
-            err(
-                "NOPERM",
-                "this user has no permissions to run the 'cluster|shards' command",
-            ),
-        ] {
-            assert!(shards_refused(&e), "{e}");
-        }
-        assert!(!shards_refused(&err(
-            "ERR",
-            "This instance has cluster support disabled"
-        )));
-    }
-
-    #[test]
-    fn cluster_state_fail_with_all_primaries_up() {
-        let all: Vec<_> = (1..=6).map(|p| (p, Ok(()))).collect();
-        assert_eq!(
-            verdict(&topo(), &reports(&all), Some(Reason::ClusterDown)),
-            Err(Reason::ClusterDown)
-        );
-    }
 }

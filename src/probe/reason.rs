@@ -41,12 +41,16 @@ pub enum Reason {
     ClusterModeDisabled,
     /// The address is a Sentinel, not a Redis server.
     Sentinel,
+    /// The node refused a new connection: it has `maxclients` clients already (it says so to a
+    /// plain-text client; a TLS node drops the client before the handshake, which reads as
+    /// `connection_closed` and is tied to the node's `rejected_connections` by `diagnose`).
+    MaxClients,
     /// Anything else (the log line has the detail).
     Other,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::ConnectionReset,
         Reason::ConnectionClosed,
         Reason::ConnectionRefused,
@@ -61,6 +65,7 @@ impl Reason {
         Reason::NotPrimary,
         Reason::ClusterModeDisabled,
         Reason::Sentinel,
+        Reason::MaxClients,
         Reason::Other,
     ];
 
@@ -80,12 +85,22 @@ impl Reason {
             Reason::NotPrimary => "not_primary",
             Reason::ClusterModeDisabled => "cluster_mode_disabled",
             Reason::Sentinel => "sentinel",
+            Reason::MaxClients => "max_clients",
             Reason::Other => "other",
         }
     }
 
     /// Classifies a redis-rs error.
     pub fn of(e: &RedisError) -> Reason {
+        // Refused at maxclients: the server answers a new connection's first command with this
+        // error and closes. (When that command is AUTH, redis-rs keeps only "authentication
+        // failed": the dial tells the two apart, see `dial::Dialer::at_maxclients`.)
+        if e.to_string()
+            .to_ascii_lowercase()
+            .contains("max number of clients")
+        {
+            return Reason::MaxClients;
+        }
         match e.kind() {
             ErrorKind::AuthenticationFailed => return Reason::Auth,
             ErrorKind::Server(ServerErrorKind::ClusterDown) => return Reason::ClusterDown,
@@ -173,7 +188,9 @@ pub fn io_error_reason(io: &io::Error) -> Reason {
 fn from_text(s: &str) -> Reason {
     let s = s.to_ascii_lowercase();
     let has = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
-    if has(&["noperm", "no permissions to run"]) {
+    if has(&["max number of clients"]) {
+        Reason::MaxClients
+    } else if has(&["noperm", "no permissions to run"]) {
         Reason::Permission
     } else if has(&["cluster support disabled", "cluster mode is not enabled"]) {
         Reason::ClusterModeDisabled
@@ -293,6 +310,12 @@ mod tests {
             Reason::Tls
         );
         assert_eq!(from_text("something odd"), Reason::Other);
+        for cluster in ["", " + cluster connections"] {
+            assert_eq!(
+                from_text(&format!("ERR max number of clients{cluster} reached")),
+                Reason::MaxClients
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,290 @@
+//! How a check finds the topology: `CLUSTER SHARDS` (or `CLUSTER SLOTS` where it is refused or
+//! missing) with `CLUSTER INFO` from the first node that answers, and `INFO replication` with
+//! cluster mode disabled.
+
+use std::sync::atomic::Ordering;
+
+use redis::{RedisError, Value};
+use tokio::time::{Instant, timeout_at};
+
+use super::{Fault, Reason, RedisProbe, Topology, info, topology, view};
+use crate::config::HostPort;
+
+impl RedisProbe {
+    /// Fetches the topology from the first of `candidates` that answers. Returns the topology
+    /// when one was read (even from a cluster that reports itself down) and the failure, if any.
+    pub(super) async fn discover(
+        &mut self,
+        candidates: Vec<HostPort>,
+        deadline: Instant,
+    ) -> (Option<Topology>, Option<Fault>) {
+        if !self.settings.cluster_mode {
+            return (
+                Some(Topology::standalone(self.settings.seeds[0].clone())),
+                None,
+            );
+        }
+        let mut last = Fault {
+            reason: Reason::Other,
+            detail: "no node answered to give the topology".into(),
+        };
+        for addr in candidates {
+            match self.topology_from(&addr, deadline).await {
+                Ok(found) => return found,
+                Err(f) => last = f,
+            }
+        }
+        // The user may PING but not read the topology: check the seed alone rather than fail
+        // a cluster that answers (the log line says what the ACL lacks).
+        if last.reason == Reason::Permission && self.topology.is_none() {
+            let seed = Topology::standalone(self.settings.seeds[0].clone());
+            return (Some(seed), Some(last));
+        }
+        (None, Some(last))
+    }
+
+    /// Asks `addr` for the topology and CLUSTER INFO, in one pipeline. `Err` to try the next
+    /// candidate.
+    pub(super) async fn topology_from(
+        &mut self,
+        addr: &HostPort,
+        deadline: Instant,
+    ) -> Result<(Option<Topology>, Option<Fault>), Fault> {
+        let mut conn = self.connection(addr, deadline).await?;
+        self.commands.fetch_add(2, Ordering::Relaxed);
+        let shards_cmd = if self.use_cluster_slots {
+            "SLOTS"
+        } else {
+            "SHARDS"
+        };
+        let reply = timeout_at(
+            deadline,
+            redis::pipe()
+                .ignore_errors()
+                .cmd("CLUSTER")
+                .arg(shards_cmd)
+                .cmd("CLUSTER")
+                .arg("INFO")
+                .query_async::<Vec<redis::RedisResult<Value>>>(&mut conn),
+        )
+        .await;
+        let mut replies = match reply {
+            Ok(Ok(r)) if r.len() == 2 => r.into_iter(),
+            Ok(Ok(_)) => {
+                return Err(Fault {
+                    reason: Reason::Other,
+                    detail: format!("{addr}: CLUSTER replies do not match the pipeline"),
+                });
+            }
+            Ok(Err(e)) => {
+                let f = Fault::redis(e);
+                self.drop_on(addr, f.reason);
+                return Err(f);
+            }
+            Err(_) => {
+                self.conns.remove(addr);
+                return Err(Fault::timeout());
+            }
+        };
+        self.conns.insert(addr.clone(), conn);
+        let (shards, cluster_info) = (replies.next(), replies.next());
+        let shards = match shards {
+            Some(Ok(v)) => v,
+            Some(Err(e)) if !self.use_cluster_slots && shards_refused(&e) => {
+                if Reason::of(&e) == Reason::Permission {
+                    self.refused("CLUSTER SHARDS", "reading the topology with CLUSTER SLOTS");
+                }
+                self.use_cluster_slots = true;
+                return Ok(Box::pin(self.discover(vec![addr.clone()], deadline)).await);
+            }
+            Some(Err(e)) => {
+                let f = Fault::redis(e);
+                match f.reason {
+                    Reason::Permission => self.refused(
+                        "CLUSTER SLOTS",
+                        "the topology is not followed; only the seed address is checked",
+                    ),
+                    Reason::ClusterModeDisabled => self.refused(
+                        "CLUSTER",
+                        "the server has cluster mode disabled; set REDIS_CLUSTER_MODE=false",
+                    ),
+                    _ => {}
+                }
+                return Err(Fault {
+                    detail: format!("{addr}: {}", f.detail),
+                    ..f
+                });
+            }
+            None => unreachable!("two replies"),
+        };
+        let parsed = if self.use_cluster_slots {
+            topology::parse_cluster_slots(&shards)
+        } else {
+            topology::parse_cluster_shards(&shards, self.settings.tls.is_some())
+        };
+        let t = parsed.map_err(|e| Fault {
+            reason: Reason::Other,
+            detail: format!("{addr}: {e}"),
+        })?;
+        let (t, dropped) = t.capped(self.settings.max_nodes);
+        if dropped > 0 && self.dropped_nodes == 0 {
+            tracing::warn!(
+                node = %addr,
+                dropped,
+                kept = self.settings.max_nodes,
+                "topology has more nodes than redis-probe follows; the rest are ignored"
+            );
+        }
+        self.dropped_nodes = dropped;
+        let cluster_info = match cluster_info {
+            Some(Ok(v)) => redis::from_redis_value::<String>(v).ok(),
+            Some(Err(e)) => {
+                if Reason::of(&e) == Reason::Permission {
+                    self.refused(
+                        "CLUSTER INFO",
+                        "cluster_state is not read; redis_cluster_* metrics are absent",
+                    );
+                }
+                None
+            }
+            None => None,
+        };
+        let Some(cluster_info) = cluster_info else {
+            return Ok((Some(t), None));
+        };
+        let cluster_info = info::ClusterInfo::parse(&cluster_info);
+        // A node whose topology reply covers fewer slots than its own CLUSTER INFO says are
+        // assigned does not see the shards whole: a Valkey node among Redis 7.0 nodes (which
+        // send no shard id) lists each of them in a shard of its own, without slots. Another
+        // node's view is taken instead.
+        let covered: u64 = t.shards.iter().map(|s| u64::from(s.slots)).sum();
+        if let Some(assigned) = cluster_info.0.slots_assigned
+            && covered < assigned
+            && self.dropped_nodes == 0
+        {
+            return Err(Fault {
+                reason: Reason::Other,
+                detail: format!(
+                    "{addr}: its topology covers {covered} of the {assigned} slots assigned"
+                ),
+            });
+        }
+        let failure = (cluster_info.0.state_ok == Some(false)).then(|| Fault {
+            reason: Reason::ClusterDown,
+            detail: format!("{addr} reports cluster_state:fail"),
+        });
+        self.cluster_info = Some(cluster_info);
+        Ok((Some(t), failure))
+    }
+
+    /// Cluster mode disabled: the server must be a primary, or the app's writes fail. Asks
+    /// `INFO replication` (ROLE is in `@dangerous`); a replica's connection is dropped, so the
+    /// next attempt dials again and follows a primary endpoint whose name moved.
+    pub(super) async fn check_role(
+        &mut self,
+        addr: &HostPort,
+        deadline: Instant,
+    ) -> Result<(), Fault> {
+        let Some(mut conn) = self.conns.get(addr).cloned() else {
+            return Ok(());
+        };
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        let text = match view::section(&mut conn, "replication", deadline).await {
+            Ok(t) => t,
+            Err(f) if f.reason == Reason::Permission => {
+                self.refused("INFO", "the role of the server is not checked, only PING");
+                return Ok(());
+            }
+            Err(f) => {
+                self.drop_on(addr, f.reason);
+                return Err(f);
+            }
+        };
+        let (fields, _) = info::parse_info(&text);
+        match fields.get("role").map(|r| r.trim()) {
+            Some("master") => Ok(()),
+            Some(role) => {
+                self.conns.remove(addr);
+                Err(Fault {
+                    reason: Reason::NotPrimary,
+                    detail: format!("the server's role is {role}, not master"),
+                })
+            }
+            None => {
+                self.commands.fetch_add(1, Ordering::Relaxed);
+                let server = view::section(&mut conn, "server", deadline).await;
+                // Redis says `redis_mode:sentinel`; Valkey `server_mode:sentinel`.
+                let sentinel = server.is_ok_and(|t| {
+                    let info = info::parse_info(&t).0;
+                    ["redis_mode", "server_mode"]
+                        .iter()
+                        .any(|k| info.get(*k).map(|m| m.trim()) == Some("sentinel"))
+                });
+                self.conns.remove(addr);
+                Err(if sentinel {
+                    Fault {
+                        reason: Reason::Sentinel,
+                        detail: "the address is a Sentinel; set REDIS_ADDRESS to the primary's"
+                            .into(),
+                    }
+                } else {
+                    Fault {
+                        reason: Reason::Other,
+                        detail: "INFO replication names no role".into(),
+                    }
+                })
+            }
+        }
+    }
+
+    /// Logs, once per command, that the server refused a command the probe sends, and what
+    /// the probe does without it.
+    pub(super) fn refused(&mut self, command: &'static str, consequence: &'static str) {
+        if self.refused.insert(command) {
+            tracing::warn!(
+                command,
+                user = self.settings.username.as_deref().unwrap_or("default"),
+                "the server refused {command}: {consequence}"
+            );
+        }
+    }
+}
+
+/// `CLUSTER SHARDS` is missing (Redis before 7.0: "unknown subcommand" on 6.x, "Wrong
+/// CLUSTER subcommand" on 4.x and 5.x) or the ACL user may not run it: `CLUSTER SLOTS` next.
+pub(super) fn shards_refused(e: &RedisError) -> bool {
+    let s = e.to_string().to_ascii_lowercase();
+    Reason::of(e) == Reason::Permission
+        || s.contains("unknown subcommand")
+        || s.contains("unknown command")
+        || s.contains("wrong cluster subcommand")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each server generation's way of saying it has no CLUSTER SHARDS, and an ACL without it.
+    #[test]
+    fn shards_refusals_fall_back_to_cluster_slots() {
+        let err =
+            |code: &str, text: &str| redis::make_extension_error(code.into(), Some(text.into()));
+        for e in [
+            err(
+                "ERR",
+                "Unknown subcommand or wrong number of arguments for 'SHARDS'. Try CLUSTER HELP.",
+            ),
+            err("ERR", "Wrong CLUSTER subcommand or number of arguments"),
+            err(
+                "NOPERM",
+                "this user has no permissions to run the 'cluster|shards' command",
+            ),
+        ] {
+            assert!(shards_refused(&e), "{e}");
+        }
+        assert!(!shards_refused(&err(
+            "ERR",
+            "This instance has cluster support disabled"
+        )));
+    }
+}
