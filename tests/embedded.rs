@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::{Cluster, Options, Sidecar, with_vars};
 
-/// The example's executable, which `cargo build --examples` (in scripts/test) puts next to the
+/// The example's executable, which `cargo build --example embedded` (in scripts/test) puts next to the
 /// tests' own.
 fn embedded_example() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -18,7 +18,7 @@ fn embedded_example() -> PathBuf {
     let path = profile_dir.join("examples").join("embedded");
     assert!(
         path.is_file(),
-        "{} is missing: build it with `cargo build --examples` (scripts/test does) before `cargo test`",
+        "{} is missing: build it with `cargo build --example embedded` (scripts/test does) before `cargo test`",
         path.display()
     );
     // A stale example would compare an old build: it must be newer than every file it is
@@ -45,7 +45,7 @@ fn embedded_example() -> PathBuf {
     let (changed, file) = newest.unwrap();
     assert!(
         built >= changed,
-        "{} is older than {}: rebuild it with `cargo build --examples`",
+        "{} is older than {}: rebuild it with `cargo build --example embedded`",
         path.display(),
         file.display()
     );

@@ -40,7 +40,7 @@ async fn an_idle_cut_is_learned_and_the_app_meets_it() {
         &cluster,
         &[
             ("PROBE_INTERVAL", "1s"),
-            ("PROBE_IDLE_CANARY", "10s"),
+            ("PROBE_IDLE_CANARY", "6s"),
             ("PROBE_POOL_INTERVAL", "1s"),
         ],
     );
@@ -232,8 +232,8 @@ async fn a_black_hole_is_a_timeout() {
 }
 
 /// 200 ms of round trip (a proxy in front of every node holds each chunk 100 ms each way) and
-/// 5 % of packets lost each way (nftables `numgen random`), at the default timings: TCP
-/// retransmits within the attempt timeout and readiness holds.
+/// 5 % of packets lost each way (nftables `numgen random`), at the default timeouts (a check
+/// every 2 s): TCP retransmits within the attempt timeout and readiness holds through 8 checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_and_loss_do_not_flip_readiness() {
     let lab = Lab::new();
@@ -243,7 +243,10 @@ async fn latency_and_loss_do_not_flip_readiness() {
         ..Options::default()
     })
     .await;
-    let env = lab_env(&cluster, &[("PROBE_IDLE_CANARY", "0")]);
+    let env = lab_env(
+        &cluster,
+        &[("PROBE_INTERVAL", "2s"), ("PROBE_IDLE_CANARY", "0")],
+    );
     let sidecar = Sidecar::spawn_in_pod(&lab.pod, &env).await;
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
