@@ -212,22 +212,30 @@ impl Canary {
             };
             drop(conn);
             self.wait_for_a_check().await;
+            // A node that went away may come back as a new server (a restart, a replacement
+            // under the same name): waited for, so that its identity tells.
+            let mut again = self.connector.connect(&self.addr).await.ok();
+            let waiting = Instant::now();
+            while again.is_none() && waiting.elapsed() < WAIT_FOR_THE_NODE {
+                sleep(Duration::from_secs(2)).await;
+                again = self.connector.connect(&self.addr).await.ok();
+            }
             let mut seen = Seen {
                 before,
                 failure: Some(failure),
-                events: self
-                    .events
-                    .about_since(&self.node, idle_from)
-                    .iter()
-                    .map(|e| e.kind)
-                    .collect(),
                 ..Seen::default()
             };
-            if let Ok(mut c) = self.connector.connect(&self.addr).await {
+            if let Some(mut c) = again {
                 seen.reached_again = true;
                 seen.after = crate::probe::identity(&mut c, deadline()).await;
                 next = Some(c);
             }
+            seen.events = self
+                .events
+                .about_since(&self.node, idle_from)
+                .iter()
+                .map(|e| e.kind)
+                .collect();
             let cause = disconnect::decide(&seen, age);
             self.events.disconnect("canary", &self.node, cause.as_str());
             match cause.idle_cut_by() {
@@ -290,6 +298,10 @@ impl Canary {
         }
     }
 }
+
+/// How long a lost canary connection waits for its node to answer again before its cause is
+/// decided without the node's word.
+const WAIT_FOR_THE_NODE: Duration = Duration::from_secs(60);
 
 fn deadline() -> Instant {
     Instant::now() + ASK

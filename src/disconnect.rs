@@ -118,17 +118,23 @@ pub fn decide(seen: &Seen, idle: Duration) -> Cause {
 /// Why the health loop's own connection to a node was lost, decided from what followed it:
 /// the node restarted (seen at the next INFO read), changed role or left (seen at the next
 /// checks), or the canary lost its connection to the node in the same window (every client
-/// dropped). `None` while nothing has told yet.
-pub fn health_cause(events_since: &[Kind], canary_lost_too: bool) -> Option<Cause> {
+/// dropped). A node that went down (`node_down`) may come back as a new server (a restart, a
+/// replacement under the same name), which the first INFO read after it answers tells: that is
+/// waited for until `waited` says the wait is over, then the node going away dropped every
+/// client. `None` while nothing has told yet.
+pub fn health_cause(events_since: &[Kind], canary_lost_too: bool, waited: bool) -> Option<Cause> {
     let has = |k: Kind| events_since.contains(&k);
+    let went_away = has(Kind::NodeDown);
     if has(Kind::NodeLeft) {
         Some(Cause::NodeLeft)
     } else if has(Kind::NodeRestarted) {
         Some(Cause::NodeRestarted)
     } else if has(Kind::RoleChanged) {
         Some(Cause::Failover)
-    } else if canary_lost_too {
+    } else if (canary_lost_too && !went_away) || (waited && went_away) {
         Some(Cause::AllClientsDropped)
+    } else if waited {
+        Some(Cause::Unknown)
     } else {
         None
     }
@@ -210,18 +216,39 @@ mod tests {
 
     #[test]
     fn the_health_loops_losses_wait_for_what_explains_them() {
-        assert_eq!(health_cause(&[], false), None);
-        assert_eq!(health_cause(&[], true), Some(Cause::AllClientsDropped));
+        assert_eq!(health_cause(&[], false, false), None);
+        assert_eq!(health_cause(&[], false, true), Some(Cause::Unknown));
         assert_eq!(
-            health_cause(&[Kind::ConnectionLost, Kind::NodeRestarted], true),
+            health_cause(&[], true, false),
+            Some(Cause::AllClientsDropped)
+        );
+        // A node that went down: its restart is waited for, then it dropped every client.
+        let down = [Kind::ConnectionLost, Kind::NodeDown];
+        assert_eq!(health_cause(&down, true, false), None);
+        assert_eq!(
+            health_cause(&down, false, true),
+            Some(Cause::AllClientsDropped)
+        );
+        let back_new = [
+            Kind::ConnectionLost,
+            Kind::NodeDown,
+            Kind::NodeBack,
+            Kind::NodeRestarted,
+        ];
+        assert_eq!(
+            health_cause(&back_new, true, false),
             Some(Cause::NodeRestarted)
         );
         assert_eq!(
-            health_cause(&[Kind::RoleChanged], false),
+            health_cause(&[Kind::ConnectionLost, Kind::NodeRestarted], true, false),
+            Some(Cause::NodeRestarted)
+        );
+        assert_eq!(
+            health_cause(&[Kind::RoleChanged], false, false),
             Some(Cause::Failover)
         );
         assert_eq!(
-            health_cause(&[Kind::NodeLeft], false),
+            health_cause(&[Kind::NodeLeft], false, false),
             Some(Cause::NodeLeft)
         );
     }

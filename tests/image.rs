@@ -68,15 +68,8 @@ async fn image_serves_probes_read_only_as_65532_without_capabilities() {
         assert!(status.contains(line), "{line:?} not in:\n{status}");
     }
 
-    let diagnose = images
-        .podman()
-        .args(["exec", &name, "/usr/local/bin/redis-probe", "diagnose"])
-        .args(["--duration", "1s", "--format", "json"])
-        .output()
-        .unwrap();
-    let report = support::image::text(&diagnose);
-    assert!(diagnose.status.success(), "diagnose failed:\n{report}");
-    let json: serde_json::Value = serde_json::from_slice(&diagnose.stdout).unwrap();
+    let (passed, json, report) = images.diagnose(&name);
+    assert!(passed, "diagnose failed:\n{report}");
     assert_eq!(json["verdict"], "ok", "{report}");
 
     // SIGTERM to `podman run` reaches the sidecar, which exits 0 (asserted by stop()).
@@ -122,15 +115,8 @@ async fn empty_trust_store_is_named_at_start_and_by_diagnose() {
             Duration::from_secs(30),
         )
         .await;
-    let diagnose = images
-        .podman()
-        .args(["exec", &name, "/usr/local/bin/redis-probe", "diagnose"])
-        .args(["--duration", "1s", "--format", "json"])
-        .output()
-        .unwrap();
-    let report = support::image::text(&diagnose);
-    assert!(!diagnose.status.success(), "{report}");
-    let json: serde_json::Value = serde_json::from_slice(&diagnose.stdout).unwrap();
+    let (passed, json, report) = images.diagnose(&name);
+    assert!(!passed, "{report}");
     assert_eq!(json["findings"][0]["code"], "no_trust_store", "{report}");
     sidecar.stop().await;
 }

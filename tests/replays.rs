@@ -438,3 +438,100 @@ fn add_node(c: &Cluster, i: usize, seed: &str, extra: &[&str]) {
     let out = c.cli_output(0, &args);
     assert!(out.status.success(), "{}", tail(&out));
 }
+
+/// Node replacement as ElastiCache does it: a replica's server goes away and a new one, with an
+/// empty state, takes its place under the same name and port at a new address (127.0.0.2), and
+/// the name moves to it. The sidecar, which reaches every node by its name, follows the name to
+/// the new server: no probe fails, the node is up again, and the event log and `diagnose` name
+/// what happened (the node came back as a new server: `node_restarted`), with no idle cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_replacement_same_name_new_address() {
+    let cluster = Cluster::launch(Options {
+        host_names: true,
+        ..Options::default()
+    })
+    .await;
+    let env = replay_env(&cluster);
+    let hosts = cluster.hosts_file();
+    let sidecar = Sidecar::spawn_resolving(&env, &hosts).await;
+    sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let replaced = cluster.replica_of(cluster.primaries()[0]);
+    let name = cluster.nodes[replaced].addr();
+    assert!(name.starts_with(&support::node_name(replaced)), "{name}");
+    let up = format!("redis_node_up{{node=\"{name}\"}}");
+    sidecar
+        .wait_metric(&up, |v| v == 1.0, Duration::from_secs(30))
+        .await;
+    let prober = Prober::start(sidecar.addr);
+
+    let (cluster, (old, new)) = tokio::task::spawn_blocking(move || {
+        let mut c = cluster;
+        let ids = c.replace_replica(replaced, "127.0.0.2");
+        (c, ids)
+    })
+    .await
+    .unwrap();
+    assert_ne!(old, new);
+    // The name now leads to the new server, and the sidecar is connected to it.
+    sidecar
+        .wait_metric(&up, |v| v == 1.0, Duration::from_secs(60))
+        .await;
+    let (_, log) = support::eventually(
+        Duration::from_secs(30),
+        "the replacement in the event log",
+        || async {
+            let (status, log) = sidecar.get("/events").await;
+            let named = log
+                .lines()
+                .any(|l| l.contains("\"node_restarted\"") && l.contains(&name));
+            // The health loop's lost connection, put down to the node coming back as a new
+            // server.
+            let cause = log
+                .lines()
+                .any(|l| l.contains("\"health node_restarted\"") && l.contains(&name));
+            support::holds(named && cause, || log.clone()).map(|_| (status, log))
+        },
+    )
+    .await;
+    let probed = prober.stop();
+    let (sent, failed) = probed.counts();
+    println!("node replacement: {}", probed.held());
+    // Never a failover: the new server's moment as an empty primary is not one.
+    assert!(
+        !log.contains("role_changed") && !log.contains("failover"),
+        "{log}"
+    );
+    let m = sidecar.metrics().await;
+    assert!(!m.contains("redis_idle_cut_seconds{"), "{m}");
+    let nodes_up = m
+        .lines()
+        .filter(|l| l.starts_with("redis_node_up{") && l.ends_with(" 1"))
+        .count();
+    assert_eq!(nodes_up, 6, "{m}");
+    // diagnose in the pod, resolving names as the sidecar does.
+    let in_pod = with_vars(
+        env.clone(),
+        &[("PROBE_LISTEN", format!("127.0.0.1:{}", sidecar.addr.port()))],
+    );
+    let script = support::resolving(&hosts);
+    let mut cmd = std::process::Command::new(&script);
+    cmd.env_clear()
+        .envs(in_pod)
+        .args(["diagnose", "--duration", "1s"]);
+    let out = tokio::task::spawn_blocking(move || {
+        support::run_with_timeout(cmd, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    no_false_findings(&report);
+    assert!(
+        report.contains(&format!("node_restarted {name}")),
+        "{report}"
+    );
+    println!("node replacement: {sent} probes, {failed} failed; events:\n{log}");
+    sidecar.stop().await;
+    drop(cluster);
+}

@@ -50,7 +50,8 @@ impl Changes {
 
     /// Puts down each lost connection of the loop's to what followed it (a restart, a role
     /// change, the node leaving, the canary's connection lost too); one not explained within
-    /// [`EXPLAIN_WITHIN`] is `unknown` (the path, or the server closing it).
+    /// [`EXPLAIN_WITHIN`] is `all_clients_dropped` when its node went down, else `unknown` (the
+    /// path, or the server closing it).
     fn explain_losses(&mut self) {
         let Some(e) = &self.events else {
             self.lost.clear();
@@ -63,10 +64,9 @@ impl Changes {
             let canary_lost_too = since
                 .iter()
                 .any(|ev| ev.kind == Kind::Disconnect && ev.detail.starts_with("canary "));
-            let cause = match disconnect::health_cause(&kinds, canary_lost_too) {
-                Some(c) => c,
-                None if now - *at >= EXPLAIN_WITHIN => disconnect::Cause::Unknown,
-                None => return true,
+            let waited = now - *at >= EXPLAIN_WITHIN;
+            let Some(cause) = disconnect::health_cause(&kinds, canary_lost_too, waited) else {
+                return true;
             };
             e.disconnect("health", node, cause.as_str());
             false

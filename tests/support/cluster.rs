@@ -1,5 +1,9 @@
 //! A real deployment of Redis or Valkey processes, owned by one test.
 
+mod names;
+
+pub use names::node_name;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,9 +18,11 @@ use super::{
 
 /// One `redis-server` process.
 pub struct Node {
-    /// The name the node is announced and reached by: `127.0.0.1`, or `localhost` when it is
-    /// announced by host name.
-    pub host: &'static str,
+    /// The name the node is announced and reached by: its IP, `localhost` (the ElastiCache
+    /// shape) or a name of its own (`nodeN.redis-probe.test`, [`Options::host_names`]).
+    pub host: String,
+    /// The address it listens on and redis-cli reaches it at.
+    pub ip: String,
     /// The port `redis-server` listens on (redis-cli uses it).
     pub port: u16,
     /// The port the cluster announces for this node: a [`proxy::ResetProxy`] in front of it
@@ -71,6 +77,10 @@ pub struct Options {
     /// With `netns`: every node announces a [`proxy::DelayProxy`] in front of it that holds
     /// each chunk this long in each direction.
     pub latency: Option<Duration>,
+    /// Every node announced by a name of its own, `node{i}.redis-probe.test`, which the hosts
+    /// file [`Cluster::hosts_file`] maps to its address (the sidecar reads it through
+    /// [`super::Sidecar::spawn_resolving`]), as ElastiCache names each node.
+    pub host_names: bool,
 }
 
 /// What the deployment looks like from a client.
@@ -117,6 +127,7 @@ impl Default for Options {
             shards: 3,
             netns: None,
             latency: None,
+            host_names: false,
         }
     }
 }
@@ -171,6 +182,8 @@ pub struct Cluster {
     netns: Option<String>,
     /// The address the nodes listen on and redis-cli reaches them at.
     bind_ip: &'static str,
+    /// Nodes announced by names of their own ([`Options::host_names`]).
+    host_names: bool,
     redis_server: PathBuf,
     redis_cli: PathBuf,
 }
@@ -247,6 +260,7 @@ impl Cluster {
             cluster_mode: opts.cluster,
             netns: opts.netns.clone(),
             bind_ip,
+            host_names: opts.host_names,
             redis_server,
             redis_cli,
         };
@@ -266,7 +280,11 @@ impl Cluster {
                 c.delays.push(p);
             }
             c.nodes.push(Node {
-                host,
+                host: match opts.host_names {
+                    true => node_name(i),
+                    false => host.to_string(),
+                },
+                ip: bind_ip.to_string(),
                 port,
                 public_port,
                 bus_port,
@@ -279,6 +297,9 @@ impl Cluster {
         }
         for i in 0..count {
             c.wait_pong(i);
+        }
+        if opts.host_names {
+            c.write_hosts();
         }
         if opts.replica {
             let primary = format!("127.0.0.1:{}", c.nodes[0].port);
@@ -333,7 +354,7 @@ impl Cluster {
             self.nodes[0].bus_port.to_string(),
         );
         ok(
-            self.cli(1, &["CLUSTER", "MEET", self.bind_ip, &port, &bus]),
+            self.cli(1, &["CLUSTER", "MEET", &self.nodes[0].ip, &port, &bus]),
             "MEET",
         );
         let id = self.cli(0, &["CLUSTER", "MYID"]).trim().to_string();
@@ -372,7 +393,7 @@ impl Cluster {
              save \"\"\nappendonly no\nloglevel notice\nlogfile {dir}/redis.log\n",
             pw = self.password,
             dir = n.dir.display(),
-            bind = self.bind_ip,
+            bind = n.ip,
         );
         match self.tls {
             true => conf.push_str(&format!(
@@ -399,7 +420,7 @@ impl Cluster {
         if i > 0 && !cluster && self.nodes.len() > 1 {
             conf.push_str(&format!(
                 "replicaof {} {}\n",
-                self.bind_ip, self.nodes[0].port
+                self.nodes[0].ip, self.nodes[0].port
             ));
         }
         if cluster {
@@ -422,6 +443,13 @@ impl Cluster {
                     "cluster-announce-hostname localhost\ncluster-preferred-endpoint-type hostname\n\
                      cluster-require-full-coverage no\n",
                 );
+            }
+            if self.host_names {
+                conf.push_str(&format!(
+                    "cluster-announce-ip {}\ncluster-announce-hostname {}\n\
+                     cluster-preferred-endpoint-type hostname\n",
+                    n.ip, n.host
+                ));
             }
         }
         std::fs::write(n.dir.join("redis.conf"), conf).unwrap();
@@ -454,7 +482,11 @@ impl Cluster {
         let dir = self.dir.path().join(format!("node{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         self.nodes.push(Node {
-            host: self.nodes[0].host,
+            host: match self.host_names {
+                true => node_name(i),
+                false => self.nodes[0].host.clone(),
+            },
+            ip: self.bind_ip.to_string(),
             port: ports[0],
             public_port: ports[0],
             bus_port: ports[1],
@@ -553,7 +585,7 @@ impl Cluster {
         }
         cmd.args([
             "-h",
-            self.bind_ip,
+            &self.nodes[i].ip,
             "-p",
             &port,
             "--no-auth-warning",

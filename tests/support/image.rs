@@ -119,6 +119,20 @@ impl Images {
         script
     }
 
+    /// `redis-probe diagnose --format json` run in container `name` (`podman exec`): whether it
+    /// found nothing, its report, and everything it printed.
+    pub fn diagnose(&self, name: &str) -> (bool, serde_json::Value, String) {
+        let out = self
+            .podman()
+            .args(["exec", name, "/usr/local/bin/redis-probe", "diagnose"])
+            .args(["--duration", "1s", "--format", "json"])
+            .output()
+            .unwrap();
+        let json = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("diagnose JSON ({e}):\n{}", text(&out)));
+        (out.status.success(), json, text(&out))
+    }
+
     /// The process of container `name`, as the host sees it: `/proc/<pid>/status`.
     pub fn status_of(&self, name: &str) -> String {
         let pid = self.podman_ok(&["inspect", name, "--format", "{{.State.Pid}}"]);

@@ -54,7 +54,13 @@ impl Pki {
         let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
 
         let sans = match names {
-            CertNames::Loopback => vec!["localhost".to_string(), "127.0.0.1".to_string()],
+            // The wildcard names the nodes of `Options::host_names`, as ElastiCache's
+            // certificate names every node of a cluster.
+            CertNames::Loopback => vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "*.redis-probe.test".to_string(),
+            ],
             CertNames::HostOnly => vec![HOST_ONLY_NAME.to_string()],
             CertNames::Localhost => vec!["localhost".to_string()],
         };

@@ -1,6 +1,7 @@
 //! The sidecar under test (in this process or as the real binary) and an HTTP client for it.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -135,6 +136,12 @@ impl Sidecar {
     /// variable `listen_var`, collecting what it prints.
     pub async fn spawn_program(bin: &str, env: &[(String, String)], listen_var: &str) -> Sidecar {
         Self::spawn_in(None, bin, env, listen_var).await
+    }
+
+    /// Runs the sidecar's binary resolving host names with `hosts` ([`resolving`]).
+    pub async fn spawn_resolving(env: &[(String, String)], hosts: &Path) -> Sidecar {
+        let script = resolving(hosts);
+        Self::spawn_program(script.to_str().unwrap(), env, "PROBE_LISTEN").await
     }
 
     /// As [`Sidecar::spawn_binary`], inside the lab's pod namespace `ns`, listening on the
@@ -351,6 +358,23 @@ impl Drop for Sidecar {
             let _ = c.wait();
         }
     }
+}
+
+/// A script that runs the sidecar's binary with its arguments, resolving host names with
+/// `hosts`: the file is bind-mounted over /etc/hosts in a mount namespace of the binary's own,
+/// and glibc reads it at every lookup, so a test moves a name by rewriting the file in place.
+pub fn resolving(hosts: &Path) -> PathBuf {
+    let script = hosts.with_file_name("redis-probe-resolving.sh");
+    let text = format!(
+        "#!/bin/sh\nexec /usr/bin/unshare --mount --propagation private /bin/sh -c \
+         '/usr/bin/mount --bind \"$0\" /etc/hosts && exec \"$@\"' '{}' '{}' \"$@\"\n",
+        hosts.display(),
+        super::bin()
+    );
+    std::fs::write(&script, text).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
 }
 
 /// A one-shot HTTP/1.1 GET; returns status and body.
