@@ -1,12 +1,14 @@
 //! The field's routine events on real servers: the sidecar names what happened (its event log,
 //! a cause for each connection it lost, each node's engine, version and restarts), and an idle
 //! cut is reported only when no server event explains a lost idle connection and it happened
-//! twice at the same age.
+//! twice at the same age. Kubelet-style probes on `/readyz` run through each event
+//! ([`Prober`]): the kubelet never acts.
 
 mod support;
 
 use std::time::Duration;
 
+use support::kubelet::Prober;
 use support::{Cluster, Engine, Fault, Options, Sidecar, sample, with_vars};
 
 /// The canary idles at most `max`, the loop checks every second and reads INFO every second.
@@ -62,6 +64,7 @@ async fn server_events_are_not_idle_cuts() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
+    let prober = Prober::start(sidecar.addr);
     canaries_settled(&sidecar).await;
 
     let killed = cluster.primaries()[0];
@@ -144,6 +147,8 @@ async fn server_events_are_not_idle_cuts() {
         history.contains(&format!("node_restarted {restarted_addr}")),
         "{report}"
     );
+    let probed = prober.stop();
+    println!("server_events_are_not_idle_cuts: {}", probed.held());
     sidecar.stop().await;
 }
 
@@ -215,6 +220,7 @@ async fn maxclients_reached_is_named() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
+    let prober = Prober::start(sidecar.addr);
     let full = cluster.replica_of(cluster.primaries()[0]);
     let node = cluster.nodes[full].addr();
     sidecar
@@ -246,15 +252,19 @@ async fn maxclients_reached_is_named() {
     );
     assert_eq!(sidecar.get("/readyz").await.0, 200);
     // diagnose in the pod: its own dial to the node is dropped before the handshake
-    // (connection_closed), and the running sidecar's event log says why.
+    // (connection_closed, or connection_reset when the close races its TLS hello), and the
+    // running sidecar's event log says why.
     let in_pod = with_vars(env.clone(), &[("PROBE_LISTEN", sidecar.addr.to_string())]);
     let found = max_clients_findings(&in_pod);
     assert!(
-        found.iter().any(|m| m.starts_with(&format!(
-            "{node}: drops new connections (connection_closed)"
-        ))),
+        found.iter().any(|m| {
+            m.starts_with(&format!("{node}: drops new connections (connection_"))
+                && m.contains("maxclients reached")
+        }),
         "{found:?}"
     );
+    let probed = prober.stop();
+    println!("maxclients_reached_is_named: {}", probed.held());
     sidecar.stop().await;
 }
 
@@ -316,7 +326,7 @@ async fn maxclients_is_named_on_a_plain_text_node() {
     };
     assert!(refused.contains("max number of clients"), "{refused}");
 
-    let env = cluster.patient_env();
+    let env = with_vars(cluster.patient_env(), &[("PROBE_INTERVAL", "1s")]);
     let found = max_clients_findings(&env);
     assert_eq!(
         found,
@@ -326,6 +336,10 @@ async fn maxclients_is_named_on_a_plain_text_node() {
     );
     let sidecar = Sidecar::spawn(&env).await;
     sidecar
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let prober = Prober::start(sidecar.addr);
+    sidecar
         .wait_body(
             "/readyz?verbose",
             200,
@@ -333,8 +347,20 @@ async fn maxclients_is_named_on_a_plain_text_node() {
             Duration::from_secs(30),
         )
         .await;
+    // Ready through three more checks while the node turns every new client away.
+    let checks = |m: &str| sample(m, "redis_health_checks_total").unwrap_or(0.0);
+    let start = checks(&sidecar.metrics().await);
+    support::ready_until(&sidecar, Duration::from_secs(30), |m| {
+        checks(m) >= start + 3.0
+    })
+    .await;
     assert_eq!(sidecar.get("/readyz").await.0, 200);
     drop(held);
+    let probed = prober.stop();
+    println!(
+        "maxclients_is_named_on_a_plain_text_node: {}",
+        probed.held()
+    );
     sidecar.stop().await;
 }
 
@@ -349,6 +375,7 @@ async fn a_maximum_connection_age_is_not_an_idle_cut() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
+    let prober = Prober::start(sidecar.addr);
     canaries_settled(&sidecar).await;
     let node = cluster.primaries()[0];
     tokio::task::block_in_place(|| {
@@ -369,5 +396,10 @@ async fn a_maximum_connection_age_is_not_an_idle_cut() {
     for cause in ["path_idle_cut", "server_idle_timeout"] {
         assert_eq!(disconnects(&m, cause), 0.0, "{cause}:\n{m}");
     }
+    let probed = prober.stop();
+    println!(
+        "a_maximum_connection_age_is_not_an_idle_cut: {}",
+        probed.held()
+    );
     sidecar.stop().await;
 }

@@ -87,7 +87,13 @@ impl Probed {
             .filter_map(|r| r.as_ref().ok().copied())
             .collect();
         answered.sort();
-        let p = |q: f64| answered[((answered.len() - 1) as f64 * q) as usize];
+        let p = |q: f64| {
+            let last = answered.len().saturating_sub(1);
+            answered
+                .get((last as f64 * q) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
         format!(
             "{total} probes, {} failed {:?}; p50 {:?}, p99 {:?}",
             failures.len(),
