@@ -308,18 +308,39 @@ async fn online_scale_out_and_scale_in_with_keys() {
     let (sent, failed) = probed.counts();
     println!("scale-out and in: {}", probed.held());
     let (_, log) = sidecar.get("/events").await;
-    assert_eq!(
+    // The two added nodes joined and, at the end, left; no other node did. (While `add-node
+    // --cluster-slave` turns the new empty primary into a replica, a node's CLUSTER SHARDS can
+    // list it nowhere for a moment: one more left-and-joined pair for it, seen once in six runs.)
+    let added: std::collections::BTreeSet<String> = [primary, replica]
+        .iter()
+        .map(|i| cluster.nodes[*i].addr())
+        .collect();
+    let nodes_of = |kind: &str| -> std::collections::BTreeSet<String> {
         log.lines()
-            .filter(|l| l.contains("\"node_joined\""))
-            .count(),
-        2,
-        "{log}"
-    );
-    assert_eq!(
-        log.lines().filter(|l| l.contains("\"node_left\"")).count(),
-        2,
-        "{log}"
-    );
+            .filter(|l| l.contains(&format!("\"kind\":\"{kind}\"")))
+            .filter_map(|l| {
+                l.split("\"node\":\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(String::from)
+            })
+            .collect()
+    };
+    assert_eq!(nodes_of("node_joined"), added, "{log}");
+    assert_eq!(nodes_of("node_left"), added, "{log}");
+    let last_of = |node: &str| {
+        log.lines()
+            .rfind(|l| l.contains(node) && (l.contains("node_joined") || l.contains("node_left")))
+            .map(String::from)
+    };
+    for node in &added {
+        let last = last_of(node).unwrap();
+        assert!(
+            last.contains("\"node_left\""),
+            "{node} did not leave last:\n{log}"
+        );
+    }
     let (_, report) = diagnose(&env, &sidecar).await;
     no_false_findings(&report);
     println!("scale-out and in: {sent} probes, {failed} failed");
