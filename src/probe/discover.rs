@@ -7,20 +7,72 @@ use std::sync::atomic::Ordering;
 use redis::{RedisError, Value};
 use tokio::time::{Instant, timeout_at};
 
-use super::{Fault, Reason, RedisProbe, Topology, info, topology, view};
+use super::{Fault, Reason, RedisProbe, Topology, askers, info, topology, view};
 use crate::config::HostPort;
 
 impl RedisProbe {
+    /// Reads the topology from the first of `candidates` that answers, the nodes found partial
+    /// last. A reply that leaves out a node is checked with a second node of `answered` (they
+    /// answered their PING this attempt) first ([`askers`]). `(None, None)` keeps the topology
+    /// as it was.
+    pub(super) async fn read_topology(
+        &mut self,
+        candidates: Vec<HostPort>,
+        answered: &[HostPort],
+        deadline: Instant,
+    ) -> (Option<Topology>, Option<Fault>) {
+        let candidates = self.askers.order(candidates, Instant::now());
+        let (found, failure, asker) = self.discover(candidates.clone(), deadline).await;
+        let (Some(new), Some(asker), Some(old)) = (&found, &asker, &self.topology) else {
+            return (found, failure);
+        };
+        let left_out = askers::left_out(old, new);
+        if left_out.is_empty() {
+            return (found, failure);
+        }
+        let old = old.clone();
+        let second = candidates
+            .iter()
+            .find(|c| *c != asker && answered.contains(c) && !left_out.contains(c));
+        let Some(second) = second.cloned() else {
+            return (found, failure);
+        };
+        let Ok((Some(other), other_failure)) = self.topology_from(&second, deadline).await else {
+            return (found, failure);
+        };
+        if !askers::lists_any(&other, &left_out) {
+            return (found, failure);
+        }
+        if !self.askers.is_partial(asker) {
+            tracing::info!(
+                node = %asker,
+                other = %second,
+                left_out = ?left_out.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "a node's topology leaves out nodes that another node lists; it is asked last from now on"
+            );
+        }
+        self.askers.found_partial(asker, Instant::now());
+        if askers::left_out(&old, &other).is_empty() {
+            (Some(other), other_failure)
+        } else {
+            // Each leaves out a node the other lists: neither is taken.
+            self.askers.found_partial(&second, Instant::now());
+            (None, None)
+        }
+    }
+
     /// Fetches the topology from the first of `candidates` that answers. Returns the topology
-    /// when one was read (even from a cluster that reports itself down) and the failure, if any.
-    pub(super) async fn discover(
+    /// when one was read (even from a cluster that reports itself down), the failure, if any,
+    /// and the node that gave the topology.
+    async fn discover(
         &mut self,
         candidates: Vec<HostPort>,
         deadline: Instant,
-    ) -> (Option<Topology>, Option<Fault>) {
+    ) -> (Option<Topology>, Option<Fault>, Option<HostPort>) {
         if !self.settings.cluster_mode {
             return (
                 Some(Topology::standalone(self.settings.seeds[0].clone())),
+                None,
                 None,
             );
         }
@@ -30,7 +82,7 @@ impl RedisProbe {
         };
         for addr in candidates {
             match self.topology_from(&addr, deadline).await {
-                Ok(found) => return found,
+                Ok((topology, failure)) => return (topology, failure, Some(addr)),
                 Err(f) => last = f,
             }
         }
@@ -38,14 +90,14 @@ impl RedisProbe {
         // a cluster that answers (the log line says what the ACL lacks).
         if last.reason == Reason::Permission && self.topology.is_none() {
             let seed = Topology::standalone(self.settings.seeds[0].clone());
-            return (Some(seed), Some(last));
+            return (Some(seed), Some(last), None);
         }
-        (None, Some(last))
+        (None, Some(last), None)
     }
 
     /// Asks `addr` for the topology and CLUSTER INFO, in one pipeline. `Err` to try the next
     /// candidate.
-    pub(super) async fn topology_from(
+    async fn topology_from(
         &mut self,
         addr: &HostPort,
         deadline: Instant,
@@ -95,7 +147,9 @@ impl RedisProbe {
                     self.refused("CLUSTER SHARDS", "reading the topology with CLUSTER SLOTS");
                 }
                 self.use_cluster_slots = true;
-                return Ok(Box::pin(self.discover(vec![addr.clone()], deadline)).await);
+                let (topology, failure, _) =
+                    Box::pin(self.discover(vec![addr.clone()], deadline)).await;
+                return Ok((topology, failure));
             }
             Some(Err(e)) => {
                 let f = Fault::redis(e);

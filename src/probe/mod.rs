@@ -8,7 +8,8 @@
 //!    servers without it, pipelined with `CLUSTER INFO`), so failovers and new nodes are
 //!    followed within one check, and PINGs any node it adds. The node asked moves on every
 //!    attempt, so a fleet of sidecars spreads these reads over the cluster; the configured
-//!    seed addresses are asked only when no known node answers.
+//!    seed addresses are asked only when no known node answers. A reply that leaves a node out
+//!    is checked with a second node first ([`askers`]).
 //!
 //! The check passes when every shard that holds slots has a primary that answered. A replica
 //! that fails is reported but does not fail the check. With cluster mode disabled the one
@@ -28,6 +29,7 @@
 //! With `REDIS_PASSWORD_FILE`, an AUTH failure re-reads the file; a changed token drops every
 //! connection so the next attempt authenticates with it.
 
+mod askers;
 mod dial;
 mod discover;
 pub mod info;
@@ -131,6 +133,8 @@ pub struct RedisProbe {
     /// random start, so a fleet of sidecars spreads its topology reads over the nodes instead
     /// of all asking the first primary.
     rotation: usize,
+    /// Nodes whose topology replies left out nodes others list: asked last.
+    askers: askers::Askers,
     /// This attempt's cost so far; concurrent PINGs add to it through `&self`.
     dials: AtomicU32,
     commands: AtomicU32,
@@ -229,6 +233,7 @@ impl RedisProbe {
             dropped_nodes: 0,
             cluster_info: None,
             rotation: rand::random::<u16>() as usize,
+            askers: askers::Askers::default(),
             dials: AtomicU32::new(0),
             commands: AtomicU32::new(0),
         })
@@ -433,11 +438,12 @@ impl RedisProbe {
             .collect();
         let mut reports = self.ping_all(known, deadline, &mut details).await;
 
-        let mut candidates: Vec<HostPort> = reports
+        let answered: Vec<HostPort> = reports
             .iter()
             .filter(|r| r.result.is_ok())
             .map(|r| r.addr.clone())
             .collect();
+        let mut candidates = answered.clone();
         if !candidates.is_empty() {
             self.rotation = self.rotation.wrapping_add(1);
             let start = self.rotation % candidates.len();
@@ -449,8 +455,9 @@ impl RedisProbe {
                 candidates.push(seed.clone());
             }
         }
-        let (discovered, topo_failure) = self.discover(candidates, deadline).await;
+        let (discovered, topo_failure) = self.read_topology(candidates, &answered, deadline).await;
         if let Some(t) = discovered {
+            self.askers.keep_only(&t);
             // ElastiCache Serverless takes RBAC users only; say so once when none is set.
             if t.one_virtual_shard()
                 && self.settings.username.is_none()
