@@ -217,6 +217,13 @@ async fn least_privilege_users() {
     })
     .await;
     assert!(m.contains("redis_max_clients{"), "INFO is still read: {m}");
+    for series in [
+        "redis_cluster_state",
+        "redis_cluster_size",
+        "redis_cluster_slots_fail",
+    ] {
+        assert_eq!(sample(&m, series), None, "{m}");
+    }
     let logs = sidecar.logs();
     assert_eq!(logs.matches("refused CLUSTER INFO").count(), 1, "{logs}");
     sidecar.stop().await;

@@ -106,7 +106,14 @@ fn exported_names() -> BTreeSet<String> {
             role: Role::Primary,
             info,
         }],
-        cluster: Some(ClusterInfo::default()),
+        cluster: Some(
+            ClusterInfo::parse(
+                "cluster_state:ok\ncluster_slots_assigned:16384\ncluster_slots_ok:16384\n\
+                 cluster_slots_pfail:0\ncluster_slots_fail:0\ncluster_known_nodes:6\n\
+                 cluster_size:3\n",
+            )
+            .0,
+        ),
         ..Default::default()
     };
     m.server_view

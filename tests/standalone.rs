@@ -28,6 +28,14 @@ async fn a_demoted_primary_is_not_ready_until_the_endpoint_follows() {
     sidecar
         .wait_status("/readyz", 200, Duration::from_secs(30))
         .await;
+    // INFO is read; a server outside cluster mode has no cluster view to export, not a 0.
+    let m = support::eventually(LIMIT, "INFO read", || async {
+        let m = sidecar.metrics().await;
+        support::holds(m.contains("redis_max_clients{"), || m.clone()).map(|_| m)
+    })
+    .await;
+    assert_eq!(support::sample(&m, "redis_cluster_state"), None, "{m}");
+    assert_eq!(support::sample(&m, "redis_cluster_size"), None, "{m}");
 
     let new_primary = cluster.nodes[1].port.to_string();
     assert!(cluster.cli(1, &["REPLICAOF", "NO", "ONE"]).contains("OK"));

@@ -375,6 +375,38 @@ mod tests {
         assert!(!s.contains("node=\"127.0.0.1:1\""), "{s}");
     }
 
+    /// No CLUSTER INFO read (cluster mode disabled, or refused by the ACL): no cluster series,
+    /// where a 0 would say the cluster failed or has no shards.
+    #[test]
+    fn the_cluster_view_is_absent_until_read() {
+        let m = Metrics::new();
+        let encoded = |m: &Metrics| {
+            let mut s = String::new();
+            m.encode_prometheus(&mut s);
+            s
+        };
+        let info = crate::probe::InfoReport::default();
+        m.server_view.record_info(&info, 10000, &Default::default());
+        let s = encoded(&m);
+        assert!(!s.contains("redis_cluster_"), "{s}");
+        let cluster = "cluster_state:ok\r\ncluster_size:3\r\ncluster_slots_fail:0\r\n";
+        let info = crate::probe::InfoReport {
+            cluster: Some(crate::probe::info::ClusterInfo::parse(cluster).0),
+            ..Default::default()
+        };
+        m.server_view.record_info(&info, 10000, &Default::default());
+        let s = encoded(&m);
+        for line in [
+            "redis_cluster_state 1",
+            "redis_cluster_size 3",
+            "redis_cluster_slots_fail 0",
+        ] {
+            assert!(s.contains(line), "{line} missing:\n{s}");
+        }
+        // Only what CLUSTER INFO gave.
+        assert!(!s.contains("redis_cluster_known_nodes"), "{s}");
+    }
+
     #[test]
     fn certificate_series_leave_with_their_node() {
         let m = Metrics::new();

@@ -2,12 +2,14 @@
 //! them, so existing dashboards fit).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::NodeSeries;
@@ -21,13 +23,13 @@ pub struct ServerViewMetrics {
     max_clients: Family<NodeLabel, Gauge>,
     rejected_connections: Family<NodeLabel, Counter>,
     connections_received: Family<NodeLabel, Counter>,
-    cluster_state: Gauge,
-    cluster_slots_assigned: Gauge,
-    cluster_slots_ok: Gauge,
-    cluster_slots_pfail: Gauge,
-    cluster_slots_fail: Gauge,
-    cluster_known_nodes: Gauge,
-    cluster_size: Gauge,
+    cluster_state: Unread,
+    cluster_slots_assigned: Unread,
+    cluster_slots_ok: Unread,
+    cluster_slots_pfail: Unread,
+    cluster_slots_fail: Unread,
+    cluster_known_nodes: Unread,
+    cluster_size: Unread,
     cluster_expected_shards_min: Gauge,
     cluster_expected_shards_max: Gauge,
     info_failures: Family<ReasonLabel, Counter>,
@@ -109,6 +111,9 @@ impl ServerViewMetrics {
         m
     }
 
+    /// The cluster's own view: absent from the exposition until CLUSTER INFO was read (cluster
+    /// mode disabled, an ACL without `cluster|info`), where a 0 would read as a failed cluster
+    /// or as a cluster scaled in to nothing.
     fn register_cluster(&self, r: &mut Registry) {
         let gauges = [
             (
@@ -234,7 +239,7 @@ impl ServerViewMetrics {
     }
 
     fn record_cluster(&self, c: &ClusterInfo) {
-        let set = |g: &Gauge, v: Option<u64>| {
+        let set = |g: &Unread, v: Option<u64>| {
             if let Some(v) = v {
                 g.set(v as i64);
             }
@@ -246,5 +251,38 @@ impl ServerViewMetrics {
         set(&self.cluster_slots_fail, c.slots_fail);
         set(&self.cluster_known_nodes, c.known_nodes);
         set(&self.cluster_size, c.size);
+    }
+}
+
+/// A gauge with no sample, and no HELP or TYPE line, until it is first set: a value the server
+/// never gave is no value, not 0.
+#[derive(Clone, Debug, Default)]
+struct Unread {
+    gauge: Gauge,
+    read: Arc<AtomicBool>,
+}
+
+impl Unread {
+    fn set(&self, v: i64) {
+        self.gauge.set(v);
+        self.read.store(true, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Unread {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for Unread {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.gauge.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.read.load(Ordering::Relaxed)
     }
 }
