@@ -347,13 +347,26 @@ async fn maxclients_is_named_on_a_plain_text_node() {
             Duration::from_secs(30),
         )
         .await;
-    // Ready through three more checks while the node turns every new client away.
+    // Ready through ten more checks while the node turns every new client away. Each check's
+    // dial costs the node two connections (the AUTH that fails, then the bare PING that reads
+    // why), and the sidecar counts both: its connection attempts follow the node's own
+    // rejected_connections (read over a connection this test holds), give or take the checks
+    // in flight at either end.
     let checks = |m: &str| sample(m, "redis_health_checks_total").unwrap_or(0.0);
-    let start = checks(&sidecar.metrics().await);
-    support::ready_until(&sidecar, Duration::from_secs(30), |m| {
-        checks(m) >= start + 3.0
+    let attempts = |m: &str| sample(m, "redis_probe_connection_attempts_total").unwrap_or(0.0);
+    let m = sidecar.metrics().await;
+    let (start, dials) = (checks(&m), attempts(&m));
+    let rejected = rejected_connections(&held[0]);
+    support::ready_until(&sidecar, Duration::from_secs(60), |m| {
+        checks(m) >= start + 10.0
     })
     .await;
+    let rejected = rejected_connections(&held[0]) - rejected;
+    let dials = attempts(&sidecar.metrics().await) - dials;
+    assert!(
+        rejected >= 20.0 && (dials - rejected).abs() <= 4.0,
+        "the node rejected {rejected} connections; the sidecar counted {dials}"
+    );
     assert_eq!(sidecar.get("/readyz").await.0, 200);
     drop(held);
     let probed = prober.stop();
@@ -362,6 +375,36 @@ async fn maxclients_is_named_on_a_plain_text_node() {
         probed.held()
     );
     sidecar.stop().await;
+}
+
+/// `rejected_connections` from `INFO stats`, asked over `conn` (authenticated, RESP2).
+fn rejected_connections(mut conn: &std::net::TcpStream) -> f64 {
+    use std::io::{Read, Write};
+    conn.write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // `$LEN\r\n`, LEN bytes, `\r\n`.
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the node closed the connection");
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let Some((head, body)) = text.split_once("\r\n") else {
+            continue;
+        };
+        let len: usize = head
+            .trim_start_matches('$')
+            .parse()
+            .unwrap_or_else(|_| panic!("not a bulk string: {text}"));
+        if body.len() >= len + 2 {
+            return body
+                .lines()
+                .find_map(|l| l.strip_prefix("rejected_connections:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no rejected_connections: {text}"));
+        }
+    }
 }
 
 /// A maximum connection age (`CLIENT KILL MAXAGE`, Valkey 8; the server-side counterpart of a

@@ -270,10 +270,17 @@ impl RedisProbe {
             return Ok(c.clone());
         }
         self.dials.fetch_add(1, Ordering::Relaxed);
-        match timeout_at(deadline, self.dialer.dial(addr, &self.login())).await {
+        let dialed = match timeout_at(deadline, self.dialer.dial(addr, &self.login())).await {
             Ok(r) => r,
             Err(_) => Err(Fault::timeout()),
+        };
+        if let Err(f) = &dialed
+            && matches!(f.reason, Reason::Auth | Reason::MaxClients)
+        {
+            // A failed AUTH costs a second connection: the bare PING that tells maxclients.
+            self.dials.fetch_add(1, Ordering::Relaxed);
         }
+        dialed
     }
 
     async fn ping(&self, addr: HostPort, role: Role, deadline: Instant) -> Pinged {
