@@ -142,9 +142,10 @@ async fn a_rolling_upgrade_from_redis_7_to_valkey_8() {
 
     // Valkey groups nodes by shard id, which Redis 7.0 never sent: after this upgrade some
     // Valkey 8.0 primaries' CLUSTER SHARDS leaves their own replica out for as long as they
-    // run. The sidecar follows all six nodes all the same, with no node leaving or joining:
-    // a reply that leaves out a node which answers is checked with another node, and the
-    // partial one is asked last.
+    // run (and, for a second after a failover, several nodes leave out the demoted primary).
+    // The sidecar follows all six nodes all the same, with no node leaving or joining: a
+    // reply that leaves a node out is checked with the same node's CLUSTER SLOTS, and the
+    // partial node is asked last.
     let m = support::eventually(
         Duration::from_secs(30),
         "every node followed on Valkey 8",
@@ -167,7 +168,10 @@ async fn a_rolling_upgrade_from_redis_7_to_valkey_8() {
     println!("rolling upgrade: {partial} nodes' CLUSTER SHARDS leave a node out");
     if partial > 0 {
         sidecar
-            .wait_log("it is asked last from now on", Duration::from_secs(30))
+            .wait_log(
+                "the node is asked last from now on",
+                Duration::from_secs(30),
+            )
             .await;
     }
     let probed = prober.stop();

@@ -1,14 +1,17 @@
 //! Which node to ask for the topology, and when a reply that leaves a node out is believed.
 //!
 //! A node's `CLUSTER SHARDS` can leave out a node that the rest of the cluster lists: after a
-//! rolling upgrade from Redis 7.0 (which sends no shard id) to Valkey 8.0, some primaries were
-//! seen leaving out their own replica for as long as they ran. Taken at its word, every such
-//! reply is a `node_left` and the next node's a `node_joined`.
+//! rolling upgrade from Redis 7.0 (which sends no shard id) to Valkey 8.0, some primaries leave
+//! out their own replica for as long as they run, and for a second or so after a failover
+//! several Valkey nodes leave out the demoted primary. Taken at its word, every such reply is a
+//! `node_left` and the next one a `node_joined`.
 //!
-//! So a reply that drops a node is checked with a second node that answered. When the second
-//! lists the node, the first one's view is partial: it is asked last from then on (for
-//! [`TRUST_AGAIN_AFTER`]) and the second's reply is taken. When both leave the node out, it
-//! has left. A second read is spent only when the topology shrinks.
+//! So a `CLUSTER SHARDS` reply that drops a node is checked, only then: first with the same
+//! node's `CLUSTER SLOTS` (which those nodes fill from each primary's replicas, and which still
+//! lists the node), then, for what that leaves out (it omits failed replicas and shards without
+//! slots), with another node's `CLUSTER SHARDS`. The nodes either lists are kept, where it
+//! lists them, and the node that left them out is asked last from then on (for
+//! [`TRUST_AGAIN_AFTER`]). A node that none lists has left.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -63,11 +66,6 @@ pub fn left_out(old: &Topology, new: &Topology) -> Vec<HostPort> {
         .collect()
 }
 
-/// Whether `topology` lists any of `addrs`.
-pub fn lists_any(topology: &Topology, addrs: &[HostPort]) -> bool {
-    topology.nodes().any(|n| addrs.contains(&n.addr))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::topology::{Node, Role, Shard};
@@ -103,8 +101,6 @@ mod tests {
         assert_eq!(left_out(&old, &topology(&[1, 2])), [hp(3)]);
         assert_eq!(left_out(&old, &topology(&[1, 3, 4])), [hp(2)]);
         assert!(left_out(&old, &old).is_empty());
-        assert!(lists_any(&old, &[hp(3)]));
-        assert!(!lists_any(&topology(&[1, 2]), &[hp(3)]));
     }
 
     /// A partial node goes to the end of the order, keeping the others' rotation, and comes

@@ -12,9 +12,9 @@ use crate::config::HostPort;
 
 impl RedisProbe {
     /// Reads the topology from the first of `candidates` that answers, the nodes found partial
-    /// last. A reply that leaves out a node is checked with a second node of `answered` (they
-    /// answered their PING this attempt) first ([`askers`]). `(None, None)` keeps the topology
-    /// as it was.
+    /// last. A reply that leaves out a node is checked with the same node's `CLUSTER SLOTS`,
+    /// then with another node of `answered` (those that answered their PING this attempt)
+    /// ([`askers`]).
     pub(super) async fn read_topology(
         &mut self,
         candidates: Vec<HostPort>,
@@ -23,41 +23,78 @@ impl RedisProbe {
     ) -> (Option<Topology>, Option<Fault>) {
         let candidates = self.askers.order(candidates, Instant::now());
         let (found, failure, asker) = self.discover(candidates.clone(), deadline).await;
-        let (Some(new), Some(asker), Some(old)) = (&found, &asker, &self.topology) else {
+        let (Some(new), Some(asker), Some(old)) = (found.clone(), asker, &self.topology) else {
             return (found, failure);
         };
-        let left_out = askers::left_out(old, new);
+        let mut left_out = askers::left_out(old, &new);
         if left_out.is_empty() {
             return (found, failure);
         }
-        let old = old.clone();
+        let mut topology = new;
+        let mut kept = vec![];
+        // The same node's CLUSTER SLOTS (not when it is what the topology came from).
+        if !self.use_cluster_slots
+            && let Some(slots) = self.cluster_slots(&asker, deadline).await
+        {
+            let (merged, put_back) = topology.put_back(&slots, &left_out);
+            topology = merged;
+            left_out.retain(|a| !put_back.contains(a));
+            kept.extend(put_back);
+        }
+        // CLUSTER SLOTS leaves out failed replicas: another node's view for the rest.
         let second = candidates
             .iter()
-            .find(|c| *c != asker && answered.contains(c) && !left_out.contains(c));
-        let Some(second) = second.cloned() else {
-            return (found, failure);
-        };
-        let Ok((Some(other), other_failure)) = self.topology_from(&second, deadline).await else {
-            return (found, failure);
-        };
-        if !askers::lists_any(&other, &left_out) {
-            return (found, failure);
+            .find(|c| **c != asker && answered.contains(c) && !left_out.contains(c));
+        if !left_out.is_empty()
+            && let Some(second) = second.cloned()
+            && let Ok((Some(other), _)) = self.topology_from(&second, deadline).await
+        {
+            let (merged, put_back) = topology.put_back(&other, &left_out);
+            topology = merged;
+            kept.extend(put_back);
         }
-        if !self.askers.is_partial(asker) {
+        if kept.is_empty() {
+            return (Some(topology), failure);
+        }
+        if !self.askers.is_partial(&asker) {
             tracing::info!(
                 node = %asker,
-                other = %second,
-                left_out = ?left_out.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "a node's topology leaves out nodes that another node lists; it is asked last from now on"
+                left_out = ?kept.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "a node's CLUSTER SHARDS leaves out nodes that the cluster still lists; they are kept, and the node is asked last from now on"
             );
         }
-        self.askers.found_partial(asker, Instant::now());
-        if askers::left_out(&old, &other).is_empty() {
-            (Some(other), other_failure)
-        } else {
-            // Each leaves out a node the other lists: neither is taken.
-            self.askers.found_partial(&second, Instant::now());
-            (None, None)
+        self.askers.found_partial(&asker, Instant::now());
+        (Some(topology), failure)
+    }
+
+    /// `CLUSTER SLOTS` from `addr`, over the connection held to it; `None` when it fails. An
+    /// ACL without it is asked once.
+    async fn cluster_slots(&mut self, addr: &HostPort, deadline: Instant) -> Option<Topology> {
+        const SLOTS: &str = "CLUSTER SLOTS";
+        if self.refused.contains(SLOTS) {
+            return None;
+        }
+        let mut conn = self.conns.get(addr)?.clone();
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        let reply = timeout_at(
+            deadline,
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut conn),
+        )
+        .await
+        .ok()?;
+        match reply {
+            Ok(v) => topology::parse_cluster_slots(&v).ok(),
+            Err(e) => {
+                if Reason::of(&e) == Reason::Permission {
+                    self.refused(
+                        SLOTS,
+                        "a CLUSTER SHARDS reply that leaves a node out is taken as it is",
+                    );
+                }
+                None
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 //!    followed within one check, and PINGs any node it adds. The node asked moves on every
 //!    attempt, so a fleet of sidecars spreads these reads over the cluster; the configured
 //!    seed addresses are asked only when no known node answers. A reply that leaves a node out
-//!    is checked with a second node first ([`askers`]).
+//!    is checked with the same node's `CLUSTER SLOTS` and another node's view ([`askers`]).
 //!
 //! The check passes when every shard that holds slots has a primary that answered. A replica
 //! that fails is reported but does not fail the check. With cluster mode disabled the one

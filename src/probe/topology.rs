@@ -96,6 +96,41 @@ impl Topology {
         self.shards.iter().flat_map(|s| s.nodes.iter())
     }
 
+    /// Puts the nodes of `addrs` that `from` lists back where `from` lists them: into the shard
+    /// of the same primary, with `from`'s role. Where this topology has no shard with that
+    /// primary (the two views disagree on it), into a shard of their own without slots or
+    /// primary: followed, and counted in no shard. Returns the topology and the nodes put back.
+    pub fn put_back(mut self, from: &Topology, addrs: &[HostPort]) -> (Topology, Vec<HostPort>) {
+        let mut put_back = vec![];
+        for shard in &from.shards {
+            for node in shard.nodes.iter().filter(|n| addrs.contains(&n.addr)) {
+                if self.nodes().any(|n| n.addr == node.addr) {
+                    continue;
+                }
+                let at = match self
+                    .shards
+                    .iter()
+                    .position(|s| s.primary.is_some() && s.primary == shard.primary)
+                {
+                    Some(i) => i,
+                    None => {
+                        self.shards.push(Shard {
+                            slots: 0,
+                            primary: None,
+                            nodes: vec![],
+                        });
+                        self.shards.len() - 1
+                    }
+                };
+                let target = &mut self.shards[at];
+                target.nodes.push(node.clone());
+                sort_nodes(&mut target.nodes, target.primary.as_ref());
+                put_back.push(node.addr.clone());
+            }
+        }
+        (ordered(self.shards), put_back)
+    }
+
     /// Keeps at most `max` nodes (whole shards first, in order) and says how many were
     /// dropped: a topology that is huge, or hostile, must not grow connections, memory or series
     /// without bound.

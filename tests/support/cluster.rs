@@ -683,6 +683,12 @@ impl Cluster {
         let replica = self.replica_of(primary);
         let out = self.cli(replica, &["CLUSTER", "FAILOVER"]);
         assert!(out.contains("OK"), "CLUSTER FAILOVER: {out}");
+        // The server's own answer first, so a failover that never happened (a manual failover
+        // gives up after 5 s when the replica cannot catch up) is not taken for the sidecar's
+        // failure to follow it.
+        self.wait_for(Duration::from_secs(30), "the replica took over", |c| {
+            c.cli(replica, &["ROLE"]).starts_with("master")
+        });
         (primary, replica)
     }
 

@@ -281,3 +281,80 @@ fn a_replaced_node_is_one_node() {
         assert_eq!(replica[0].role, Role::Replica);
     }
 }
+
+/// What a Valkey 8.0 primary answered after an upgrade from Redis 7.0: its CLUSTER SHARDS
+/// leaves out its own replica, which its CLUSTER SLOTS lists. The replica is put back into its
+/// primary's shard, as a replica; a node neither lists stays out, and one already there is not
+/// put back twice.
+#[test]
+fn nodes_left_out_of_cluster_shards_are_put_back_from_cluster_slots() {
+    let shards = Value::Array(vec![
+        shard(
+            &[0, 8191],
+            vec![node("10.0.0.1", 0, 7001, "master", "online")],
+        ),
+        shard(
+            &[8192, 16383],
+            vec![
+                node("10.0.0.2", 0, 7002, "master", "online"),
+                node("10.0.0.4", 0, 7004, "replica", "online"),
+            ],
+        ),
+    ]);
+    let shards = parse_cluster_shards(&shards, true).unwrap();
+    let entry = |a: i64, z: i64, ports: &[i64]| {
+        let mut v = vec![Value::Int(a), Value::Int(z)];
+        for p in ports {
+            let ip = format!("10.0.0.{}", p - 7000);
+            v.push(Value::Array(vec![b(&ip), Value::Int(*p), b("id")]));
+        }
+        Value::Array(v)
+    };
+    let slots = parse_cluster_slots(&Value::Array(vec![
+        entry(0, 8191, &[7001, 7003]),
+        entry(8192, 16383, &[7002, 7004]),
+    ]))
+    .unwrap();
+    let addr = |i: u16| HostPort {
+        host: format!("10.0.0.{i}"),
+        port: 7000 + i,
+    };
+    let (t, put_back) = shards
+        .clone()
+        .put_back(&slots, &[addr(3), addr(4), addr(5)]);
+    assert_eq!(put_back, [addr(3)]);
+    let first = &t.shards[0];
+    assert_eq!(first.primary, Some(addr(1)));
+    assert_eq!(first.slots, 8192);
+    assert_eq!(
+        first.nodes,
+        [
+            Node {
+                addr: addr(1),
+                role: Role::Primary
+            },
+            Node {
+                addr: addr(3),
+                role: Role::Replica
+            }
+        ]
+    );
+    assert_eq!(t.nodes().count(), 4);
+    // A primary this topology does not know: followed, in no shard that serves slots.
+    let elsewhere =
+        parse_cluster_slots(&Value::Array(vec![entry(0, 8191, &[7005, 7006])])).unwrap();
+    let (t, put_back) = shards.clone().put_back(&elsewhere, &[addr(6)]);
+    assert_eq!(put_back, [addr(6)]);
+    let lone = t
+        .shards
+        .iter()
+        .find(|s| s.nodes[0].addr == addr(6))
+        .unwrap();
+    assert_eq!((lone.slots, &lone.primary), (0, &None));
+    assert_eq!(lone.nodes[0].role, Role::Replica);
+    // Nothing to put back: the same topology.
+    assert_eq!(
+        shards.clone().put_back(&slots, &[addr(5)]),
+        (shards, vec![])
+    );
+}
