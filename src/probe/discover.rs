@@ -22,15 +22,19 @@ impl RedisProbe {
         deadline: Instant,
     ) -> (Option<Topology>, Option<Fault>) {
         let candidates = self.askers.order(candidates, Instant::now());
-        let (found, failure, asker) = self.discover(candidates.clone(), deadline).await;
-        let (Some(new), Some(asker), Some(old)) = (found.clone(), asker, &self.topology) else {
+        let (found, failure, asker) = self.discover(&candidates, deadline).await;
+        let mut left_out = match (&found, &self.topology) {
+            (Some(new), Some(old)) => askers::left_out(old, new),
+            _ => vec![],
+        };
+        // Nothing left out (every check but a few): the reply as it is.
+        let Some(asker) = asker.filter(|_| !left_out.is_empty()) else {
             return (found, failure);
         };
-        let mut left_out = askers::left_out(old, &new);
-        if left_out.is_empty() {
-            return (found, failure);
-        }
-        let mut topology = new;
+        // A node was left out, so a topology was read.
+        let Some(mut topology) = found else {
+            return (None, failure);
+        };
         let mut kept = vec![];
         // The same node's CLUSTER SLOTS (not when it is what the topology came from).
         if !self.use_cluster_slots
@@ -103,7 +107,7 @@ impl RedisProbe {
     /// and the node that gave the topology.
     async fn discover(
         &mut self,
-        candidates: Vec<HostPort>,
+        candidates: &[HostPort],
         deadline: Instant,
     ) -> (Option<Topology>, Option<Fault>, Option<HostPort>) {
         if !self.settings.cluster_mode {
@@ -118,8 +122,8 @@ impl RedisProbe {
             detail: "no node answered to give the topology".into(),
         };
         for addr in candidates {
-            match self.topology_from(&addr, deadline).await {
-                Ok((topology, failure)) => return (topology, failure, Some(addr)),
+            match self.topology_from(addr, deadline).await {
+                Ok((topology, failure)) => return (topology, failure, Some(addr.clone())),
                 Err(f) => last = f,
             }
         }
@@ -185,7 +189,7 @@ impl RedisProbe {
                 }
                 self.use_cluster_slots = true;
                 let (topology, failure, _) =
-                    Box::pin(self.discover(vec![addr.clone()], deadline)).await;
+                    Box::pin(self.discover(std::slice::from_ref(addr), deadline)).await;
                 return Ok((topology, failure));
             }
             Some(Err(e)) => {
