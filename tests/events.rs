@@ -61,10 +61,7 @@ async fn server_events_are_not_idle_cuts() {
     let mut cluster = Cluster::launch(Options::default()).await;
     let env = canary_env(&cluster, "4s");
     let sidecar = Sidecar::spawn(&env).await;
-    sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
-    let prober = Prober::start(sidecar.addr);
+    let prober = Prober::once_ready(&sidecar).await;
     canaries_settled(&sidecar).await;
 
     let killed = cluster.primaries()[0];
@@ -217,10 +214,7 @@ async fn maxclients_reached_is_named() {
     let cluster = Cluster::launch(Options::default()).await;
     let env = with_vars(cluster.patient_env(), &[("PROBE_INFO_INTERVAL", "1s")]);
     let sidecar = Sidecar::spawn(&env).await;
-    sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
-    let prober = Prober::start(sidecar.addr);
+    let prober = Prober::once_ready(&sidecar).await;
     let full = cluster.replica_of(cluster.primaries()[0]);
     let node = cluster.nodes[full].addr();
     sidecar
@@ -335,10 +329,7 @@ async fn maxclients_is_named_on_a_plain_text_node() {
         )]
     );
     let sidecar = Sidecar::spawn(&env).await;
-    sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
-    let prober = Prober::start(sidecar.addr);
+    let prober = Prober::once_ready(&sidecar).await;
     sidecar
         .wait_body(
             "/readyz?verbose",
@@ -415,10 +406,7 @@ fn rejected_connections(mut conn: &std::net::TcpStream) -> f64 {
 async fn a_maximum_connection_age_is_not_an_idle_cut() {
     let mut cluster = Cluster::launch(Options::on(Engine::Valkey8)).await;
     let sidecar = Sidecar::spawn(&canary_env(&cluster, "4s")).await;
-    sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
-    let prober = Prober::start(sidecar.addr);
+    let prober = Prober::once_ready(&sidecar).await;
     canaries_settled(&sidecar).await;
     let node = cluster.primaries()[0];
     tokio::task::block_in_place(|| {

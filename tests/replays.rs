@@ -81,10 +81,7 @@ async fn a_rolling_upgrade_from_redis_7_to_valkey_8() {
     let cluster = Cluster::launch(Options::on(Engine::Redis7)).await;
     let env = replay_env(&cluster);
     let sidecar = Sidecar::spawn(&env).await;
-    sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
-    let prober = Prober::start(sidecar.addr);
+    let prober = Prober::once_ready(&sidecar).await;
     let primaries = cluster.primaries();
     let replicas: Vec<usize> = primaries.iter().map(|p| cluster.replica_of(*p)).collect();
 
@@ -211,10 +208,7 @@ async fn online_scale_out_and_scale_in_with_keys() {
     let cluster = Cluster::launch(Options::default()).await;
     let env = with_vars(replay_env(&cluster), &[("PROBE_EXPECTED_SHARDS", "3..4")]);
     let sidecar = Sidecar::spawn(&env).await;
-    sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
-    let prober = Prober::start(sidecar.addr);
+    let prober = Prober::once_ready(&sidecar).await;
     let cluster = tokio::task::spawn_blocking(move || {
         let mut c = cluster;
         fill_keys(&c);
@@ -399,10 +393,7 @@ async fn valkey_9_atomic_slot_migration() {
     let cluster = Cluster::launch(Options::on(Engine::Valkey9)).await;
     let env = with_vars(replay_env(&cluster), &[("PROBE_EXPECTED_SHARDS", "3..4")]);
     let sidecar = Sidecar::spawn(&env).await;
-    sidecar
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
-    let prober = Prober::start(sidecar.addr);
+    let prober = Prober::once_ready(&sidecar).await;
     let cluster = tokio::task::spawn_blocking(move || {
         let mut c = cluster;
         fill_keys(&c);

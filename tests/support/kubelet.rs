@@ -130,6 +130,15 @@ pub struct Prober {
 }
 
 impl Prober {
+    /// Waits until the sidecar's `/readyz` says 200 (30 s at most), then starts probing: a
+    /// replay's probes count from a ready pod, as the kubelet's would.
+    pub async fn once_ready(sidecar: &super::Sidecar) -> Prober {
+        sidecar
+            .wait_status("/readyz", 200, Duration::from_secs(30))
+            .await;
+        Prober::start(sidecar.addr)
+    }
+
     pub fn start(addr: SocketAddr) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
